@@ -55,3 +55,14 @@ def test_read_json_errors_name_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(RuntimeError, match="bad.json: not valid JSON"):
         fileio.read_json(bad)
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = fileio.atomic_write_text(tmp_path / "r.txt", "x")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

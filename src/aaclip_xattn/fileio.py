@@ -28,6 +28,13 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
+def _default_mode() -> int:
+    # mkstemp creates files as 0600; give the final file the mode a plain open() would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterable[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; rename it onto ``path`` on success.
@@ -44,6 +51,7 @@ def atomic_open(path: str | os.PathLike) -> Iterable[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -66,3 +66,10 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_csv_writes_numpy_scalars_as_plain_numbers(tmp_path):
+    import numpy as np
+
+    path = fileio.write_csv(tmp_path / "n.csv", [{"v": np.float64(0.1), "i": np.int64(3)}], ["v", "i"])
+    assert path.read_text().splitlines()[1] == "0.1,3"

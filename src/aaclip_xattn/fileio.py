@@ -108,10 +108,10 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], column
 
 
 def _csv_value(value: Any) -> Any:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalars
+        value = value.item()
     if isinstance(value, float):
-        return repr(value)
-    if hasattr(value, "item"):
-        return _csv_value(value.item())
+        return repr(float(value))  # shortest round-trip form, full precision
     return value
 
 

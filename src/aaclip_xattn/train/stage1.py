@@ -1,0 +1,210 @@
+"""Stage 1 (text): train the text adapters (and ``text_cross_attn``) on frozen V-V image features."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from aaclip_xattn.errors import NonFiniteLossError
+from aaclip_xattn.seeding import make_generator
+from aaclip_xattn.train.losses import stage1_loss
+
+__all__ = [
+    "EpochResult",
+    "build_text_optimizer",
+    "class_indices",
+    "is_feature_cache_exact",
+    "train_text_epoch",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Stage numbers used to derive the data-order stream ``(seed, "data_order", stage, epoch)``.
+STAGE_TEXT = 1
+STAGE_IMAGE = 2
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch produced.
+
+    Attributes:
+        mean_loss: Mean of the per-step total losses.
+        steps: Optimizer steps taken in this epoch.
+        lr: Learning rate of the last step.
+        seconds: Wall time of the epoch.
+    """
+
+    mean_loss: float
+    steps: int
+    lr: float
+    seconds: float
+
+
+def trainable_parameters(
+    model: nn.Module, module_names: Sequence[str]
+) -> tuple[list[nn.Parameter], list[str]]:
+    """Return the parameters of the named submodules in module order, with their qualified names.
+
+    The order is the optimizer's parameter order: the adapter first (the reference's order), then the
+    cross-attention module when present.
+    """
+    params: list[nn.Parameter] = []
+    names: list[str] = []
+    for module_name in module_names:
+        module = getattr(model, module_name, None)
+        if module is None:
+            continue
+        for name, param in module.named_parameters():
+            params.append(param)
+            names.append(f"{module_name}.{name}")
+    return params, names
+
+
+def build_text_optimizer(
+    model: nn.Module, *, lr: float, betas: tuple[float, float], with_cross_attn: bool
+) -> tuple[torch.optim.Adam, list[str]]:
+    """Build the stage-1 Adam over ``text_adapter`` (then ``text_cross_attn``) and return it with the names."""
+    modules = ["text_adapter", "text_cross_attn"] if with_cross_attn else ["text_adapter"]
+    params, names = trainable_parameters(model, modules)
+    return torch.optim.Adam(params, lr=lr, betas=betas), names
+
+
+def class_indices(categories: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """Return the index in ``classes`` of each entry of ``categories`` as a long tensor ``(B,)``."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    return torch.tensor([lookup[c] for c in categories], dtype=torch.long)
+
+
+def is_feature_cache_exact(vv_axis: str, augment: bool, noise_aug: str) -> bool:
+    """Return whether stage-1 features can be computed once and reused across epochs.
+
+    Exact only when the features do not depend on the batch (``token``, ``value_only``) and the images
+    do not change between epochs (no augmentation, no noise).
+    """
+    return vv_axis in ("token", "value_only") and not augment and noise_aug == "off"
+
+
+def _progress(iterable, *, progress: bool, desc: str):
+    # Standard tqdm: tqdm.auto (asyncio) calls iter() on the loader in its constructor, which would
+    # consume the data-order generator once more and change the batches.
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=None if progress else True)
+
+
+def train_text_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    *,
+    classes: Sequence[str],
+    epoch: int,
+    batch_size: int,
+    seed: int,
+    vv_axis: str,
+    stage1_levels: str,
+    device: torch.device,
+    num_workers: int = 0,
+    amp: bool = False,
+    feature_cache: dict[int, list[torch.Tensor]] | None = None,
+    step_offset: int = 0,
+    progress: bool = False,
+) -> EpochResult:
+    """Run one stage-1 epoch over ``dataset`` and return its mean loss.
+
+    Per batch: frozen V-V features (``model.stage1_features``; taken from ``feature_cache`` when given
+    and filled, see :func:`is_feature_cache_exact`), anchors with gradients for the distinct classes in the
+    batch, gathered per image by class, conditioned per image on the last-tap features
+    (``model.condition_anchors``; the identity for the baseline), then the stage-1 loss.
+
+    Args:
+        model: The adapted model (baseline or xattn).
+        optimizer: Adam over the text parameters.
+        dataset: Stage-1 ``AnomalyDataset`` (``set_epoch`` is called with ``epoch``).
+        classes: All class names of the manifest (anchor order).
+        epoch: 0-based epoch; the data order comes from ``make_generator(seed, "data_order", 1, epoch)``.
+        batch_size: Images per batch (no ``drop_last``).
+        seed: Run seed.
+        vv_axis: ``batch`` | ``token`` | ``value_only``.
+        stage1_levels: ``last`` | ``all``.
+        device: Where the model lives.
+        num_workers: DataLoader workers.
+        amp: bf16 autocast.
+        feature_cache: Dict ``sample index -> 4 (L, D) tensors`` reused across epochs, or None.
+        step_offset: Steps already taken in this stage (for messages).
+        progress: Show a tqdm bar.
+
+    Returns:
+        The epoch's :class:`EpochResult`.
+
+    Raises:
+        NonFiniteLossError: A loss is NaN or infinite (stage, epoch and step named).
+    """
+    start = time.perf_counter()
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=num_workers,
+        generator=make_generator(seed, "data_order", STAGE_TEXT, epoch),
+    )
+    model.train()
+    total = 0.0
+    steps = 0
+    for batch in _progress(loader, progress=progress, desc=f"text epoch {epoch + 1}"):
+        indices = torch.as_tensor(batch["index"])
+        images = batch["image"].to(device)
+        masks = batch["mask"].to(device)
+        features = _stage1_features(model, images, indices, vv_axis=vv_axis, cache=feature_cache)
+        categories = list(batch["category"])
+        present = [c for c in classes if c in set(categories)]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            class_anchors = model.text_anchors(present)
+            anchors = class_anchors[class_indices(categories, present).to(device)]
+            anchors = model.condition_anchors(anchors, features[-1])
+            loss, _ = stage1_loss(features, anchors.float(), masks, levels=stage1_levels)
+        step = step_offset + steps + 1
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} in stage text (1), epoch {epoch + 1}, step {step}; "
+                "the last completed epoch's checkpoint is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        steps += 1
+        logger.debug("text epoch %d step %d loss %.6f", epoch + 1, step, loss.item())
+    lr = float(optimizer.param_groups[0]["lr"])
+    return EpochResult(total / max(steps, 1), steps, lr, time.perf_counter() - start)
+
+
+def _stage1_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    vv_axis: str,
+    cache: dict[int, list[torch.Tensor]] | None,
+) -> list[torch.Tensor]:
+    """Return the 4 stage-1 feature levels for the batch, from the cache when every image is in it."""
+    keys = [int(i) for i in indices.tolist()]
+    if cache is not None and all(k in cache for k in keys):
+        return [torch.stack([cache[k][level] for k in keys]) for level in range(4)]
+    with torch.no_grad():
+        features = [f.detach() for f in model.stage1_features(images, vv_axis=vv_axis)]
+    if cache is not None:
+        for row, key in enumerate(keys):
+            cache[key] = [f[row] for f in features]
+    return features

@@ -449,7 +449,7 @@ def write_comparisons(results: Path, *, sentence: bool = True, alpha: float = 0.
 def write_maps(
     results: Path, *, seed: int = 0, categories: Sequence[str] = ("part0", "part1"), size: int = 16
 ) -> int:
-    """Write small PNG anomaly-map overlays under ``eval/.../maps/<category>/`` for every arm; return the count."""
+    """Write small PNG overlays under ``eval/.../<arm>/<test_dataset>_maps/<category>/`` for every arm; return the count."""
     import matplotlib.image as mpimg
 
     count = 0
@@ -460,7 +460,7 @@ def write_maps(
             continue
         for cat in categories:
             image = rng.uniform(0, 1, size=(size, size, 3))
-            path = arm_dir / "maps" / cat / "000.png"
+            path = arm_dir / "synth_b_maps" / cat / "000.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             mpimg.imsave(path, image)
             count += 1

@@ -138,7 +138,7 @@ def test_missing_maps_are_skipped_with_a_reason(tmp_path, monkeypatch):
     assert bundle.figures == ()
     assert len(bundle.skipped) == 5
     assert bundle.skipped[-1] == (
-        "synth_a/shot4: the evaluation wrote no anomaly-map overlays (eval/.../maps/<category>/*.png), "
+        "synth_a/shot4: the evaluation wrote no anomaly-map overlays (eval/.../<test_dataset>_maps/<category>/*.png), "
         "so the anomaly-map figure is skipped."
     )
 

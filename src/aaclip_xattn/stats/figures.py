@@ -7,7 +7,7 @@ two renders of the same records are byte-identical. Data artists carry SVG ids (
 
 Inputs are result files only: ``runs/.../train_log.csv``, ``stats/metrics_long.csv`` (or the evaluation
 CSVs when it is absent), ``stats/comparisons.csv``, ``stats/comparisons_by_category.csv`` and
-``stats/power.csv`` (each computed here when absent), and PNG overlays under ``eval/.../maps/<category>/``.
+``stats/power.csv`` (each computed here when absent), and PNG overlays under ``eval/.../<test_dataset>_maps/<category>/``.
 """
 
 from __future__ import annotations
@@ -656,10 +656,13 @@ def plot_power_curve(
 def find_anomaly_maps(
     results_dir: str | os.PathLike, group: tuple[str, str]
 ) -> dict[int, dict[str, list[Path]]]:
-    """Return ``{seed: {arm: [png, ...]}}`` for overlays under ``eval/<td>/<shot_dir>/seed<s>/<arm>/maps/<category>/``."""
+    """Return ``{seed: {arm: [png, ...]}}`` for the evaluation's overlays.
+
+    The evaluation writes them to ``eval/<td>/<shot_dir>/seed<s>/<arm>/<test_dataset>_maps/<category>/``.
+    """
     base = Path(results_dir) / "eval" / group[0] / shot_dir(group[1])
     found: dict[int, dict[str, list[Path]]] = defaultdict(dict)
-    for png in sorted(base.glob("seed*/*/maps/*/*.png")):
+    for png in sorted(base.glob("seed*/*/*_maps/*/*.png")):
         arm_dir = png.parent.parent.parent
         seed_name = arm_dir.parent.name.removeprefix("seed")
         if seed_name.isdigit():
@@ -693,7 +696,7 @@ def plot_anomaly_maps(
         return None
     seed = min(maps)
     arms = _arm_order(list(maps[seed]))
-    rel = {arm: {f"{p.parent.name}/{p.name}": p for p in paths} for arm, paths in maps[seed].items()}
+    rel = {arm: {f"{p.parent.parent.name}/{p.parent.name}/{p.name}": p for p in paths} for arm, paths in maps[seed].items()}
     names = sorted(set.intersection(*(set(r) for r in rel.values())))[:n_images]
     if not names:
         names = sorted(set().union(*(set(r) for r in rel.values())))[:n_images]
@@ -821,7 +824,7 @@ def render_figures(results_dir: str | os.PathLike, figures_dir: str | os.PathLik
             plot_anomaly_maps(root, group, out / f"anomaly_maps_{slug}.svg"),
             f"Anomaly maps, {label}",
             "Anomaly-map overlays of the same test images for each arm side by side.",
-            f"{label}: the evaluation wrote no anomaly-map overlays (eval/.../maps/<category>/*.png), "
+            f"{label}: the evaluation wrote no anomaly-map overlays (eval/.../<test_dataset>_maps/<category>/*.png), "
             "so the anomaly-map figure is skipped.",
         )
     return FigureBundle(tuple(figures), tuple(skipped))

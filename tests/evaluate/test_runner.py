@@ -122,6 +122,22 @@ def test_inference_command_writes_table_and_sidecar_equal_to_the_in_memory_model
     assert "pixel_aupro" in out and "mean" in out
 
 
+def test_inference_rebuilds_the_model_from_the_run_json_beside_the_checkpoint(
+    save_reference_checkpoints, tiny_baseline, baseline_rows, eval_dataset_root, tmp_path, quiet_cli, capsys
+):
+    _, image_ckpt = save_reference_checkpoints(tiny_baseline, tmp_path / "run")
+    write_json(
+        image_ckpt.parent / "run.json",
+        {"arm": "baseline", "seed": 3, "hyperparameters": {"backbone": "tiny", "image_size": 128}},
+    )
+    args = ["--checkpoint", str(image_ckpt), "--dataset_root", str(eval_dataset_root), "--layout", "mvtec"]
+    rc = inference_main([*args, "--batch_size", "4", "--out", str(tmp_path / "r.csv")])
+    assert rc == 0, capsys.readouterr().err
+    table = read_csv(tmp_path / "r.csv")
+    assert float(table[0]["pixel_auroc"]) == pytest.approx(baseline_rows[0]["pixel_auroc"], abs=1e-12)
+    assert read_json(tmp_path / "r.json")["run"]["seed"] == 3
+
+
 def test_inference_detects_cross_attention_from_the_checkpoint_keys(
     save_reference_checkpoints, tiny_xattn, eval_dataset_root, tmp_path, quiet_cli, samples
 ):

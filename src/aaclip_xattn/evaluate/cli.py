@@ -44,13 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_root", default=None, help="dataset root folder (required)")
     parser.add_argument("--layout", default=None, choices=LAYOUTS, help="dataset layout (required)")
     parser.add_argument("--categories", nargs="+", default=None, help="evaluate only these categories")
-    parser.add_argument("--backbone", default=_REFERENCE_BACKBONE, help="open_clip architecture, or 'tiny'")
-    parser.add_argument("--pretrained", default=None, help="backbone weights: local file or open_clip tag")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="open_clip architecture, or 'tiny' (default: the run.json beside the checkpoint, "
+        f"else {_REFERENCE_BACKBONE})",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="backbone weights: local file or open_clip tag (default: the run.json beside the checkpoint)",
+    )
     parser.add_argument(
         "--image_size",
         type=int,
         default=None,
-        help=f"input size (default: {_REFERENCE_IMAGE_SIZE} for {_REFERENCE_BACKBONE}, else the backbone's)",
+        help="input size (default: the run.json beside the checkpoint, else "
+        f"{_REFERENCE_IMAGE_SIZE} for {_REFERENCE_BACKBONE}, else the backbone's)",
     )
     parser.add_argument("--batch_size", type=int, default=8, help="test images per forward pass")
     parser.add_argument(
@@ -104,6 +114,32 @@ def inference_main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _model_settings(
+    args: argparse.Namespace, image_checkpoint: Path
+) -> tuple[str, str | None, int | None, dict, dict | None]:
+    """Backbone, weights, image size and model options: explicit flags, else the run's ``run.json``.
+
+    A run written by ``train.py`` records how its adapters were built, so ``inference.py --checkpoint
+    ckpt/run/image_adapter.pth`` rebuilds the same model without repeating the training flags.
+    """
+    from aaclip_xattn.evaluate.runner import model_options_from_run
+    from aaclip_xattn.fileio import read_json
+
+    run_json = image_checkpoint.parent / "run.json"
+    run = read_json(run_json) if run_json.is_file() else None
+    hyper = dict((run or {}).get("hyperparameters") or {})
+    if run is not None:
+        logger.info("model settings from %s (flags override them)", run_json)
+    backbone = args.backbone or hyper.get("backbone") or _REFERENCE_BACKBONE
+    pretrained = args.pretrained if args.pretrained is not None else hyper.get("pretrained")
+    image_size = args.image_size if args.image_size is not None else hyper.get("image_size")
+    if image_size is None and backbone == _REFERENCE_BACKBONE:
+        image_size = _REFERENCE_IMAGE_SIZE
+    descriptions = None if args.descriptions is None else os.fspath(args.descriptions)
+    options = model_options_from_run(hyper, descriptions)
+    return backbone, pretrained, image_size, options, run
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -144,14 +180,11 @@ def _run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
     )
     checkpoints = read_checkpoints(args.checkpoint)
-    image_size = args.image_size
-    if image_size is None and args.backbone == _REFERENCE_BACKBONE:
-        image_size = _REFERENCE_IMAGE_SIZE
-    options = {} if args.descriptions is None else {"descriptions": os.fspath(args.descriptions)}
+    backbone, pretrained, image_size, options, run = _model_settings(args, Path(checkpoints.image_path))
     model = create_model(
         checkpoints.kind,
-        backbone=args.backbone,
-        pretrained=args.pretrained,
+        backbone=backbone,
+        pretrained=pretrained,
         image_size=image_size,
         device=device,
         **options,
@@ -161,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     rows = evaluate_checkpoint(model, samples, cfg, maps_dir=args.save_maps, progress=True)
     table, skipped = add_mean_row(rows)
     sidecar = build_sidecar(
-        cfg=cfg, model=model, dataset=spec, samples=samples, checkpoints=checkpoints, skipped=skipped
+        cfg=cfg, model=model, dataset=spec, samples=samples, checkpoints=checkpoints, skipped=skipped, run=run
     )
     csv_path, json_path = write_eval_outputs(args.out, table, sidecar)
     print(

@@ -577,10 +577,15 @@ def write_eval_outputs(
     return csv_path, json_path
 
 
-def _model_options(hyper: Mapping[str, Any], cfg: EvalConfig) -> dict[str, Any]:
-    """ModelConfig options of a run: its ``model_options`` and the descriptions it trained with."""
+def model_options_from_run(hyper: Mapping[str, Any], descriptions: str | None = None) -> dict[str, Any]:
+    """ModelConfig options of a run: its ``model_options`` and the descriptions it trained with.
+
+    Args:
+        hyper: The ``hyperparameters`` block of the run's ``run.json``.
+        descriptions: A descriptions file that overrides the one the run trained with.
+    """
     options = dict(hyper.get("model_options") or {})
-    descriptions = cfg.descriptions if cfg.descriptions is not None else hyper.get("descriptions")
+    descriptions = descriptions if descriptions is not None else hyper.get("descriptions")
     if descriptions is not None:
         options["descriptions"] = descriptions
     return options
@@ -647,7 +652,7 @@ def evaluate_run(
         pretrained=hyper.get("pretrained"),
         image_size=hyper.get("image_size"),
         device=cfg.device,
-        **_model_options(hyper, cfg),
+        **model_options_from_run(hyper, cfg.descriptions),
     )
     apply_checkpoints(model, checkpoints)
     written: dict[str, Path] = {}

@@ -31,7 +31,9 @@ def stream_seed(seed: int, stream: str, *extra: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def make_generator(seed: int, stream: str, *extra: int, device: str | torch.device = "cpu") -> torch.Generator:
+def make_generator(
+    seed: int, stream: str, *extra: int, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """Return a ``torch.Generator`` seeded for the named stream."""
     gen = torch.Generator(device=device)
     gen.manual_seed(stream_seed(seed, stream, *extra))

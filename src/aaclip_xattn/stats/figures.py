@@ -696,7 +696,10 @@ def plot_anomaly_maps(
         return None
     seed = min(maps)
     arms = _arm_order(list(maps[seed]))
-    rel = {arm: {f"{p.parent.parent.name}/{p.parent.name}/{p.name}": p for p in paths} for arm, paths in maps[seed].items()}
+    rel = {
+        arm: {f"{p.parent.parent.name}/{p.parent.name}/{p.name}": p for p in paths}
+        for arm, paths in maps[seed].items()
+    }
     names = sorted(set.intersection(*(set(r) for r in rel.values())))[:n_images]
     if not names:
         names = sorted(set().union(*(set(r) for r in rel.values())))[:n_images]

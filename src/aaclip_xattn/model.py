@@ -374,7 +374,9 @@ def make_anchors(sentence_embeddings: torch.Tensor, num_normal: int = NUM_NORMAL
     return torch.stack([normal, abnormal], dim=-1)
 
 
-def vv_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, axis: str) -> torch.Tensor:
+def vv_block_forward(
+    block: ResidualAttentionBlock, x: torch.Tensor, axis: str, *, fused: bool = False, groups: int = 1
+) -> torch.Tensor:
     """Run one open_clip block with its attention replaced by V-V attention (method spec §5).
 
     Only the value slice of the in-projection (weight and bias) is used; per head
@@ -385,6 +387,11 @@ def vv_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, axis: str) 
         x: ``(N, T, C)`` token states.
         axis: ``batch`` (attend over the N images at each token position: the reference's quirk),
             ``token`` (over the T tokens of each image) or ``value_only`` (no attention).
+        fused: compute the attention with ``F.scaled_dot_product_attention`` (a perf fast path, equal
+            to the explicit softmax within float rounding) instead of the explicit softmax.
+        groups: split the N images into this many equal consecutive groups; the ``batch`` axis then
+            attends within each group only (seed-batched training: one group per seed). Other axes
+            ignore it.
 
     Returns:
         ``(N, T, C)`` states after the block.
@@ -400,12 +407,24 @@ def vv_block_forward(block: ResidualAttentionBlock, x: torch.Tensor, axis: str) 
     v = F.linear(block.ln_1(x), weight, bias)
     if axis != "value_only":
         n, t = v.shape[:2]
-        vh = v.reshape(n, t, heads, head_dim)
-        # Sequence axis last-but-one: tokens of one image ('token') or images at one position ('batch').
-        vh = vh.permute(0, 2, 1, 3) if axis == "token" else vh.permute(1, 2, 0, 3)
-        weights = torch.softmax((vh @ vh.transpose(-2, -1)) * head_dim**-0.5, dim=-1)
-        out = weights @ vh
-        out = out.permute(0, 2, 1, 3) if axis == "token" else out.permute(2, 0, 1, 3)
+        if axis == "batch" and groups != 1:
+            # perf: seed-batched groups (aaclip_xattn.train.seed_batched); attend within each group.
+            if groups < 1 or n % groups:
+                raise ValueError(f"groups={groups} must be a positive divisor of the {n} images")
+            vh = v.reshape(groups, n // groups, t, heads, head_dim).permute(0, 2, 3, 1, 4)
+        else:
+            vh = v.reshape(n, t, heads, head_dim)
+            # Sequence axis last-but-one: tokens of one image ('token') or images at one position ('batch').
+            vh = vh.permute(0, 2, 1, 3) if axis == "token" else vh.permute(1, 2, 0, 3)
+        if fused:
+            out = F.scaled_dot_product_attention(vh, vh, vh)
+        else:
+            weights = torch.softmax((vh @ vh.transpose(-2, -1)) * head_dim**-0.5, dim=-1)
+            out = weights @ vh
+        if axis == "batch" and groups != 1:
+            out = out.permute(0, 3, 1, 2, 4)
+        else:
+            out = out.permute(0, 2, 1, 3) if axis == "token" else out.permute(2, 0, 1, 3)
         v = out.reshape(n, t, width)
     x = x + block.ls_1(attn.out_proj(v))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
@@ -658,7 +677,9 @@ class AdaptedCLIP(nn.Module):
         return anchors
 
     @torch.no_grad()
-    def stage1_features(self, images: torch.Tensor, *, vv_axis: str = "batch") -> list[torch.Tensor]:
+    def stage1_features(
+        self, images: torch.Tensor, *, vv_axis: str = "batch", fused: bool = False, groups: int = 1
+    ) -> list[torch.Tensor]:
         """Return the frozen stage-1 V-V features (§5), one ``(B, L, D)`` tensor per tap.
 
         Blocks before ``vv_start_block`` run unchanged and are shared by two passes; from there one pass
@@ -670,6 +691,8 @@ class AdaptedCLIP(nn.Module):
         Args:
             images: ``(B, 3, S, S)``.
             vv_axis: ``batch`` (reference; depends on batch composition), ``token`` or ``value_only``.
+            fused: V-V attention with ``F.scaled_dot_product_attention`` (see :func:`vv_block_forward`).
+            groups: independent equal groups of consecutive images for the ``batch`` axis (seed-batched).
         """
         if vv_axis not in VV_AXES:
             raise ValueError(f"vv_axis must be one of {', '.join(VV_AXES)}, got {vv_axis!r}")
@@ -681,7 +704,9 @@ class AdaptedCLIP(nn.Module):
         x_vv: torch.Tensor | None = None
         for index, block in enumerate(visual.transformer.resblocks):
             if index >= start:
-                x_vv = vv_block_forward(block, x if x_vv is None else x_vv, vv_axis)
+                x_vv = vv_block_forward(
+                    block, x if x_vv is None else x_vv, vv_axis, fused=fused, groups=groups
+                )
             x = block(x)
             if index + 1 in taps:
                 tapped.append(x if x_vv is None else x_vv)

@@ -188,6 +188,20 @@ def build_parser(program: str) -> argparse.ArgumentParser:
     run.add_argument(
         "--amp", action="store_true", default=None, help="bf16 autocast (speed, not reproduction)"
     )
+    # perf (issue 8): fast paths are on by default on CUDA and off on CPU.
+    run.add_argument(
+        "--reproduce_reference",
+        action="store_true",
+        default=None,
+        help="the reference's fp32 numerics: no bf16, TF32, fused V-V attention or torch.compile, also on CUDA",
+    )
+    run.add_argument(
+        "--perf",
+        default=None,
+        metavar="KEY=BOOL[,KEY=BOOL]",
+        help="fast-path overrides, e.g. compile=false,amp=true (keys: amp, fused_attention, compile, tf32, "
+        "channels_last, device_loss, pin_memory); unset ones follow the device",
+    )
     run.add_argument(
         "--save_every_epoch",
         action="store_true",
@@ -228,6 +242,7 @@ _CONFIG_FLAGS = (
     "strict_load",
     "device",
     "amp",
+    "reproduce_reference",
     "save_every_epoch",
     "evaluated_checkpoint",
 )
@@ -239,7 +254,20 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["augment"] = False
     if args.no_optimizer_carryover:
         overrides["optimizer_carryover"] = False
+    if args.perf is not None:
+        overrides["perf"] = _parse_perf(args.perf)
     return overrides
+
+
+def _parse_perf(text: str) -> dict[str, bool]:
+    """Parse ``--perf compile=false,amp=true`` into a dict (``ValueError`` naming the flag on bad input)."""
+    out: dict[str, bool] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or value.strip().lower() not in ("true", "false", "1", "0", "on", "off"):
+            raise ValueError(f"--perf: {item!r} is invalid; expected KEY=true|false, e.g. compile=false")
+        out[key.strip()] = value.strip().lower() in ("true", "1", "on")
+    return out
 
 
 def _select_arm(program: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:

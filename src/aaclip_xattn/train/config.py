@@ -121,6 +121,11 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast (a speed option, not a reproduction setting).
     amp: bool = False
+    # perf (issue 8): restore the reference's fp32 numerics (no bf16/TF32/fused V-V/compile), also on CUDA.
+    reproduce_reference: bool = False
+    # perf (issue 8): fast-path overrides, aaclip_xattn.perf.PerfConfig keys; unset switches follow the
+    # device (on for CUDA, off for CPU); `amp: true` above also forces bf16 on.
+    perf: Mapping[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     seed: int = 111
     # JSON file category -> description, or None for the category names in words.
@@ -149,6 +154,8 @@ class TrainConfig:
                 values[key] = tuple(values[key])
         if "model_options" in values:
             values["model_options"] = dict(values["model_options"] or {})
+        if "perf" in values:
+            values["perf"] = dict(values["perf"] or {})
         if values.get("pretrained") is not None:
             values["pretrained"] = str(values["pretrained"])
         if values.get("descriptions") is not None:
@@ -163,6 +170,7 @@ class TrainConfig:
         out["lr_milestones"] = list(self.lr_milestones)
         out["adam_betas"] = list(self.adam_betas)
         out["model_options"] = copy.deepcopy(dict(self.model_options))
+        out["perf"] = dict(self.perf)
         return out
 
     def validate(self, *, source: str = "train config") -> None:
@@ -206,7 +214,14 @@ class TrainConfig:
             or not all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas)
         ):
             raise bad("adam_betas", "two numbers in [0, 1)")
-        for key in ("augment", "optimizer_carryover", "strict_load", "save_every_epoch", "amp"):
+        for key in (
+            "augment",
+            "optimizer_carryover",
+            "strict_load",
+            "save_every_epoch",
+            "amp",
+            "reproduce_reference",
+        ):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
         if self.evaluated_checkpoint != "last" and not _EPOCH_CHECKPOINT.match(
@@ -217,6 +232,25 @@ class TrainConfig:
             raise bad("backbone", "an open_clip model name or 'tiny'")
         if not isinstance(self.model_options, Mapping):
             raise bad("model_options", "a mapping of ModelConfig fields")
+        if not isinstance(self.perf, Mapping):
+            raise bad("perf", "a mapping of PerfConfig switches (aaclip_xattn.perf)")
+        try:
+            self.perf_settings("cpu")
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
+
+    def perf_settings(self, device: Any) -> Any:
+        """Return the resolved ``aaclip_xattn.perf.PerfConfig`` of this config on ``device``.
+
+        ``perf`` overrides win; ``amp: true`` forces bf16 on; ``reproduce_reference`` turns every numeric
+        fast path off; the rest follows the device (on for CUDA, off for CPU).
+        """
+        from aaclip_xattn.perf import resolve_perf
+
+        overrides = dict(self.perf)
+        if self.amp:
+            overrides.setdefault("amp", True)
+        return resolve_perf(device, reproduce_reference=self.reproduce_reference, overrides=overrides)
 
     def evaluated_epoch(self) -> int | None:
         """Return k for ``evaluated_checkpoint="epoch<k>"``, None for ``"last"``."""

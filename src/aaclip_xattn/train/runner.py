@@ -31,6 +31,7 @@ from torch import nn
 
 from aaclip_xattn.errors import NonFiniteLossError
 from aaclip_xattn.fileio import read_json, sha256_file, write_json
+from aaclip_xattn.perf import PerfConfig, backend_settings
 from aaclip_xattn.seeding import make_generator, stream_seed
 from aaclip_xattn.train.arms import ArmSpec, get_arm
 from aaclip_xattn.train.config import TrainConfig, resolve_schedule
@@ -235,6 +236,38 @@ def _run(
     progress: bool,
     restart: bool,
 ) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    # perf (issue 8): fast paths on by default on CUDA, off on CPU (the plain path, unchanged).
+    perf = cfg.perf_settings(device)
+    with backend_settings(perf, device):
+        return _run_with_perf(
+            cfg,
+            spec,
+            schedule,
+            run_dir,
+            manifest_path,
+            text_path,
+            image_path,
+            progress,
+            restart,
+            device,
+            perf,
+        )
+
+
+def _run_with_perf(
+    cfg: TrainConfig,
+    spec: ArmSpec,
+    schedule: Mapping[str, Any],
+    run_dir: Path,
+    manifest_path: Path,
+    text_path: Path | None,
+    image_path: Path | None,
+    progress: bool,
+    restart: bool,
+    device: torch.device,
+    perf: PerfConfig,
+) -> dict[str, Any]:
     from aaclip_xattn.checkpoint import (
         load_base_image_adapter,
         load_base_text_adapter,
@@ -243,7 +276,6 @@ def _run(
     )
     from aaclip_xattn.data import AnomalyDataset, read_manifest
 
-    device = resolve_device(cfg.device)
     manifest = read_manifest(manifest_path)
     samples = list(manifest.samples)
     if not samples:
@@ -327,6 +359,7 @@ def _run(
         "param_names": {},
         "optimizer_carryover": {},
         "resumed_from": {"text": 0, "image": 0},
+        "perf": perf.to_dict(),
     }
     log_rows: list[dict[str, Any]] = []
     try:
@@ -362,8 +395,9 @@ def _run(
                 stage1_levels=cfg.stage1_levels,
                 device=device,
                 num_workers=cfg.num_workers,
-                amp=cfg.amp,
+                amp=perf.amp,
                 feature_cache=cache,
+                perf=perf,
                 step_offset=record["steps_completed"]["text"],
                 progress=progress,
             )
@@ -428,8 +462,9 @@ def _run(
                 seed=cfg.seed,
                 device=device,
                 num_workers=cfg.num_workers,
-                amp=cfg.amp,
+                amp=perf.amp,
                 step_offset=record["steps_completed"]["image"],
+                perf=perf,
                 progress=progress,
             )
             _after_epoch(record, log_rows, "image", epoch, result)

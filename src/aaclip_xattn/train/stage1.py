@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,6 +118,7 @@ def train_text_epoch(
     feature_cache: dict[int, list[torch.Tensor]] | None = None,
     step_offset: int = 0,
     progress: bool = False,
+    perf: Any = None,
 ) -> EpochResult:
     """Run one stage-1 epoch over ``dataset`` and return its mean loss.
 
@@ -141,6 +143,8 @@ def train_text_epoch(
         feature_cache: Dict ``sample index -> 4 (L, D) tensors`` reused across epochs, or None.
         step_offset: Steps already taken in this stage (for messages).
         progress: Show a tqdm bar.
+        perf: ``aaclip_xattn.perf.PerfConfig`` fast paths (fused V-V attention, device-side loss sums,
+            pinned memory, channels-last images); None is the plain path.
 
     Returns:
         The epoch's :class:`EpochResult`.
@@ -148,6 +152,9 @@ def train_text_epoch(
     Raises:
         NonFiniteLossError: A loss is NaN or infinite (stage, epoch and step named).
     """
+    from aaclip_xattn.perf import PerfConfig, prepare_images
+
+    perf = perf if perf is not None else PerfConfig()
     start = time.perf_counter()
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -158,22 +165,38 @@ def train_text_epoch(
         drop_last=False,
         num_workers=num_workers,
         generator=make_generator(seed, "data_order", STAGE_TEXT, epoch),
+        pin_memory=perf.pin_memory,
     )
     model.train()
     total = 0.0
     steps = 0
+    meter = _loss_meter(perf, device, "text", epoch, step_offset)
     for batch in _progress(loader, progress=progress, desc=f"text epoch {epoch + 1}"):
         indices = torch.as_tensor(batch["index"])
-        images = batch["image"].to(device)
+        images = prepare_images(batch["image"], perf, device)
         masks = batch["mask"].to(device)
-        features = _stage1_features(model, images, indices, vv_axis=vv_axis, cache=feature_cache)
+        features = _stage1_features(
+            model, images, indices, vv_axis=vv_axis, cache=feature_cache, fused=perf.fused_attention
+        )
         categories = list(batch["category"])
         present = [c for c in classes if c in set(categories)]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             class_anchors = model.text_anchors(present)
             anchors = class_anchors[class_indices(categories, present).to(device)]
             anchors = model.condition_anchors(anchors, features[-1])
-            loss, _ = stage1_loss(features, anchors.float(), masks, levels=stage1_levels)
+            if meter is not None:
+                from aaclip_xattn.train.seed_batched import stage1_total_loss
+
+                loss = stage1_total_loss(features, anchors.float(), masks, levels=stage1_levels)
+            else:
+                loss, _ = stage1_loss(features, anchors.float(), masks, levels=stage1_levels)
+        if meter is not None:
+            meter.add(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            continue
         step = step_offset + steps + 1
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
@@ -187,7 +210,19 @@ def train_text_epoch(
         steps += 1
         logger.debug("text epoch %d step %d loss %.6f", epoch + 1, step, loss.item())
     lr = float(optimizer.param_groups[0]["lr"])
+    if meter is not None:
+        mean, steps = meter.result()
+        return EpochResult(mean, steps, lr, time.perf_counter() - start)
     return EpochResult(total / max(steps, 1), steps, lr, time.perf_counter() - start)
+
+
+def _loss_meter(perf: Any, device: torch.device, stage: str, epoch: int, step_offset: int) -> Any:
+    """perf (issue 8): a device-side ``LossMeter`` when ``perf.device_loss``, else None (the plain loop)."""
+    if not perf.device_loss:
+        return None
+    from aaclip_xattn.perf import LossMeter
+
+    return LossMeter(device, device_loss=True, stage=stage, epoch=epoch, step_offset=step_offset)
 
 
 def _stage1_features(
@@ -197,13 +232,17 @@ def _stage1_features(
     *,
     vv_axis: str,
     cache: dict[int, list[torch.Tensor]] | None,
+    fused: bool = False,
 ) -> list[torch.Tensor]:
     """Return the 4 stage-1 feature levels for the batch, from the cache when every image is in it."""
     keys = [int(i) for i in indices.tolist()]
     if cache is not None and all(k in cache for k in keys):
         return [torch.stack([cache[k][level] for k in keys]) for level in range(4)]
     with torch.no_grad():
-        features = [f.detach() for f in model.stage1_features(images, vv_axis=vv_axis)]
+        if fused:
+            features = [f.detach() for f in model.stage1_features(images, vv_axis=vv_axis, fused=True)]
+        else:
+            features = [f.detach() for f in model.stage1_features(images, vv_axis=vv_axis)]
     if cache is not None:
         for row, key in enumerate(keys):
             cache[key] = [f[row] for f in features]

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from aaclip_xattn.train.losses import stage2_loss
 from aaclip_xattn.train.stage1 import (
     STAGE_IMAGE,
     EpochResult,
+    _loss_meter,
     _progress,
     class_indices,
     trainable_parameters,
@@ -86,6 +88,7 @@ def train_image_epoch(
     amp: bool = False,
     step_offset: int = 0,
     progress: bool = False,
+    perf: Any = None,
 ) -> EpochResult:
     """Run one stage-2 epoch: adapted forward, CE + Σ over the 4 taps of the segmentation loss.
 
@@ -107,6 +110,8 @@ def train_image_epoch(
         amp: bf16 autocast.
         step_offset: Steps already taken in this stage (for messages).
         progress: Show a tqdm bar.
+        perf: ``aaclip_xattn.perf.PerfConfig`` fast paths (``torch.compile`` of the image forward with
+            eager fallback, device-side loss sums, pinned memory, channels-last); None is the plain path.
 
     Returns:
         The epoch's :class:`EpochResult`.
@@ -114,6 +119,11 @@ def train_image_epoch(
     Raises:
         NonFiniteLossError: A loss is NaN or infinite (stage, epoch and step named).
     """
+    from aaclip_xattn.perf import PerfConfig, compile_with_fallback, prepare_images
+
+    perf = perf if perf is not None else PerfConfig()
+    encode = compile_with_fallback(model.encode_image, perf, name="image forward")
+    meter = _loss_meter(perf, device, "image", epoch, step_offset)
     start = time.perf_counter()
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -124,6 +134,7 @@ def train_image_epoch(
         drop_last=False,
         num_workers=num_workers,
         generator=make_generator(seed, "data_order", STAGE_IMAGE, epoch),
+        pin_memory=perf.pin_memory,
     )
     model.train()
     anchors_all = text.anchors.to(device)
@@ -132,16 +143,32 @@ def train_image_epoch(
     steps = 0
     lr = float(optimizer.param_groups[0]["lr"])
     for batch in _progress(loader, progress=progress, desc=f"image epoch {epoch + 1}"):
-        images = batch["image"].to(device)
+        images = prepare_images(batch["image"], perf, device)
         masks = batch["mask"].to(device)
         labels = torch.as_tensor(batch["label"]).to(device)
         idx = class_indices(list(batch["category"]), text.classes).to(device)
         prompts = prompts_all[idx] if prompts_all is not None else None
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            features = model.encode_image(images, prompt_embeddings=prompts)
+            features = encode(images, prompt_embeddings=prompts)
             seg_tokens = [t.float() for t in features.seg_tokens]
             anchors = model.condition_anchors(anchors_all[idx], seg_tokens[-1])
-            loss, _ = stage2_loss(seg_tokens, features.det_token.float(), anchors.float(), masks, labels)
+            if meter is not None:
+                from aaclip_xattn.train.seed_batched import stage2_total_loss
+
+                loss = stage2_total_loss(
+                    seg_tokens, features.det_token.float(), anchors.float(), masks, labels
+                )
+            else:
+                loss, _ = stage2_loss(seg_tokens, features.det_token.float(), anchors.float(), masks, labels)
+        if meter is not None:
+            meter.add(loss)
+            lr = float(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            continue
         step = step_offset + steps + 1
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
@@ -156,4 +183,7 @@ def train_image_epoch(
         total += loss.item()
         steps += 1
         logger.debug("image epoch %d step %d loss %.6f lr %g", epoch + 1, step, loss.item(), lr)
+    if meter is not None:
+        mean, steps = meter.result()
+        return EpochResult(mean, steps, lr, time.perf_counter() - start)
     return EpochResult(total / max(steps, 1), steps, lr, time.perf_counter() - start)

@@ -1,0 +1,13 @@
+"""Rule train_baseline_continued: train the `baseline_continued` arm of one (dataset, shot, seed)."""
+
+# No `from __future__` import: Snakemake prepends its preamble to scripts, and such imports must come first.
+from common import run_train_job
+
+
+def main(smk) -> None:
+    """Train the run whose files the rule declares."""
+    run_train_job(smk, arm="baseline_continued")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,9 +1,8 @@
 """Rule collect_benchmarks: gather the training/evaluation benchmark TSVs into one CSV."""
 
 # No `from __future__` import: Snakemake prepends its preamble to scripts, and such imports must come first.
-from common import collect_benchmarks
-
 from aaclip_xattn.logs import configure_logging
+from common import collect_benchmarks
 
 
 def main(smk) -> None:

@@ -3,11 +3,10 @@
 # No `from __future__` import: Snakemake prepends its preamble to scripts, and such imports must come first.
 from pathlib import Path
 
-from common import build_synthetic_config
-
 from aaclip_xattn.data import make_synthetic_dataset, read_dataset, summarize
 from aaclip_xattn.fileio import write_csv
 from aaclip_xattn.logs import configure_logging
+from common import build_synthetic_config
 
 
 def main(smk) -> None:

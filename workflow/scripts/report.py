@@ -3,10 +3,9 @@
 # No `from __future__` import: Snakemake prepends its preamble to scripts, and such imports must come first.
 from pathlib import Path
 
-from aaclip_xattn.stats.report import render_report
-
 from aaclip_xattn.logs import configure_logging
 from aaclip_xattn.stats.config import StatsConfig
+from aaclip_xattn.stats.report import render_report
 
 
 def main(smk) -> None:

@@ -73,3 +73,23 @@ def test_csv_writes_numpy_scalars_as_plain_numbers(tmp_path):
 
     path = fileio.write_csv(tmp_path / "n.csv", [{"v": np.float64(0.1), "i": np.int64(3)}], ["v", "i"])
     assert path.read_text().splitlines()[1] == "0.1,3"
+
+
+def test_read_yaml_mapping_reads_mappings_and_names_the_file_in_errors(tmp_path):
+    kwargs = {"missing": "no such thing (expected X)", "not_mapping": "expected a mapping, found {type}"}
+    good = tmp_path / "cfg.yaml"
+    good.write_text("a: 1\nb: [x, y]\n")
+    assert fileio.read_yaml_mapping(good, **kwargs) == {"a": 1, "b": ["x", "y"]}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert fileio.read_yaml_mapping(empty, **kwargs) == {}
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match=r"list\.yaml: expected a mapping, found list$"):
+        fileio.read_yaml_mapping(listed, **kwargs)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML \("):
+        fileio.read_yaml_mapping(broken, **kwargs)
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml: no such thing \(expected X\)$"):
+        fileio.read_yaml_mapping(tmp_path / "nope.yaml", **kwargs)

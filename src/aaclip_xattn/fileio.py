@@ -19,6 +19,7 @@ __all__ = [
     "atomic_write_text",
     "read_csv",
     "read_json",
+    "read_yaml_mapping",
     "sha256_bytes",
     "sha256_file",
     "write_csv",
@@ -95,6 +96,38 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_yaml_mapping(path: str | os.PathLike, *, missing: str, not_mapping: str) -> Mapping[str, Any]:
+    """Read a YAML (or JSON) file whose top level must be a mapping; an empty file reads as ``{}``.
+
+    Args:
+        path: The file.
+        missing: What the error says after ``"{path}: "`` when the file does not exist.
+        not_mapping: What the error says after ``"{path}: "`` when the top level is not a mapping;
+            ``{type}`` stands for the type name found.
+
+    Returns:
+        The top-level mapping.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not valid YAML, or the top level is not a mapping (the path named).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: {not_mapping.format(type=type(data).__name__)}")
+    return data
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:

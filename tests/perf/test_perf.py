@@ -244,14 +244,14 @@ def test_cli_perf_flag_parses_and_names_bad_items():
     assert args.reproduce_reference is True and args.perf == "amp=false"
 
 
-def test_run_training_device_side_loss_equals_the_plain_run(perf_manifest_factory, tmp_path):
+def test_run_training_device_side_loss_equals_the_plain_run(small_manifest_factory, tmp_path):
     # Device-side loss sums change no number: identical weights and losses, one host sync per epoch.
     import json
 
     from aaclip_xattn.train import TrainConfig, run_training
 
     base = dict(backbone="tiny", image_size=64, text_epoch=1, image_epoch=1, text_batch_size=4, device="cpu")
-    manifest = perf_manifest_factory(0)
+    manifest = small_manifest_factory(0)
     plain = run_training(
         TrainConfig(**base), run_dir=tmp_path / "plain", manifest_path=manifest, arm="baseline"
     )

@@ -111,7 +111,7 @@ def _assert_same(sep_dir: Path, grp_dir: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def baseline_pair(perf_manifest_factory, tmp_path_factory):
+def baseline_pair(small_manifest_factory, tmp_path_factory):
     """Baseline arm, seeds 0 and 1: separate runs and one seed-batched group (batch 3, short last batch)."""
     root = tmp_path_factory.mktemp("seed_batched_baseline")
     cfg = _cfg()
@@ -120,10 +120,10 @@ def baseline_pair(perf_manifest_factory, tmp_path_factory):
         run_training(
             dataclasses.replace(cfg, seed=seed),
             run_dir=root / f"sep{seed}",
-            manifest_path=perf_manifest_factory(seed),
+            manifest_path=small_manifest_factory(seed),
             arm="baseline",
         )
-    members = [SeedMember(s, root / f"grp{s}", perf_manifest_factory(s)) for s in seeds]
+    members = [SeedMember(s, root / f"grp{s}", small_manifest_factory(s)) for s in seeds]
     records = train_seed_group(cfg, members, arm="baseline")
     return root, seeds, records
 
@@ -137,11 +137,11 @@ def test_seed_batched_baseline_matches_separate_runs(baseline_pair):
             assert (root / f"grp{seed}" / name).is_file()
 
 
-def test_seed_batched_comparison_detects_another_data_order(baseline_pair, perf_manifest_factory, tmp_path):
+def test_seed_batched_comparison_detects_another_data_order(baseline_pair, small_manifest_factory, tmp_path):
     # Seed 0's init and streams, but seed 1's manifest (other images and order): the check must fail by far.
     root, _, _ = baseline_pair
     run_training(
-        _cfg(seed=0), run_dir=tmp_path / "other", manifest_path=perf_manifest_factory(1), arm="baseline"
+        _cfg(seed=0), run_dir=tmp_path / "other", manifest_path=small_manifest_factory(1), arm="baseline"
     )
     drift = _drift(tmp_path / "other", root / "grp0")
     assert drift["max_dw_lr"] > 2 * MAX_DW_LR
@@ -149,7 +149,7 @@ def test_seed_batched_comparison_detects_another_data_order(baseline_pair, perf_
     assert drift["moment"] > 100 * MOMENT_RTOL
 
 
-def test_seed_batched_from_base_carries_each_seeds_optimizer(baseline_pair, perf_manifest_factory, tmp_path):
+def test_seed_batched_from_base_carries_each_seeds_optimizer(baseline_pair, small_manifest_factory, tmp_path):
     # xattn_from_base on each seed's own baseline: adapters and Adam state loaded per seed, then trained.
     root, seeds, _ = baseline_pair
     cfg = _cfg(text_epoch=1, image_epoch=1)
@@ -157,12 +157,12 @@ def test_seed_batched_from_base_carries_each_seeds_optimizer(baseline_pair, perf
         run_training(
             dataclasses.replace(cfg, seed=seed),
             run_dir=tmp_path / f"sep{seed}",
-            manifest_path=perf_manifest_factory(seed),
+            manifest_path=small_manifest_factory(seed),
             arm="xattn_from_base",
             base_dir=root / f"sep{seed}",
         )
     members = [
-        SeedMember(s, tmp_path / f"grp{s}", perf_manifest_factory(s), base_dir=root / f"sep{s}")
+        SeedMember(s, tmp_path / f"grp{s}", small_manifest_factory(s), base_dir=root / f"sep{s}")
         for s in seeds
     ]
     train_seed_group(cfg, members, arm="xattn_from_base")
@@ -172,11 +172,11 @@ def test_seed_batched_from_base_carries_each_seeds_optimizer(baseline_pair, perf
         assert record["optimizer_state_loaded"] == {"text": True, "image": True}
 
 
-def test_seed_batched_unequal_manifests_and_token_axis(perf_manifest_factory, tmp_path):
+def test_seed_batched_unequal_manifests_and_token_axis(small_manifest_factory, tmp_path):
     # Seed 2 has 4 images, seed 3 has 8: steps run in sub-groups of equal batch size, and seed 2's epoch
     # ends early. The token V-V axis without augmentation also exercises the per-seed feature cache.
     cfg = _cfg(text_epoch=2, image_epoch=1, vv_axis="token", augment=False)
-    plan = {2: perf_manifest_factory(2, shot=2), 3: perf_manifest_factory(3, shot=4)}
+    plan = {2: small_manifest_factory(2, shot=2), 3: small_manifest_factory(3, shot=4)}
     for seed, manifest in plan.items():
         run_training(
             dataclasses.replace(cfg, seed=seed),
@@ -268,9 +268,9 @@ def test_total_losses_equal_the_stage_losses():
     )
 
 
-def test_train_seed_group_rejects_bad_groups(perf_manifest_factory, tmp_path):
+def test_train_seed_group_rejects_bad_groups(small_manifest_factory, tmp_path):
     cfg = _cfg()
-    manifest = perf_manifest_factory(0)
+    manifest = small_manifest_factory(0)
     with pytest.raises(ValueError, match=r"seeds must be distinct, got \[0, 0\]"):
         train_seed_group(
             cfg,

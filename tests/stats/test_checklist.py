@@ -5,6 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from records import (
+    TEST_DATASETS,
+    edit_run,
+    edit_sidecar,
+    make_cfg,
+    make_study,
+    remove_run,
+    run_rel,
+    write_comparisons,
+)
 
 from aaclip_xattn.stats.checklist import (
     CHECK_IDS,
@@ -17,29 +27,6 @@ from aaclip_xattn.stats.checklist import (
     min_units_for_alpha,
     run_checklist,
 )
-
-try:
-    from .records import (
-        TEST_DATASETS,
-        edit_run,
-        edit_sidecar,
-        make_cfg,
-        make_study,
-        remove_run,
-        run_rel,
-        write_comparisons,
-    )
-except ImportError:
-    from records import (
-        TEST_DATASETS,
-        edit_run,
-        edit_sidecar,
-        make_cfg,
-        make_study,
-        remove_run,
-        run_rel,
-        write_comparisons,
-    )
 
 
 def _by_id(items):

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import matplotlib
 import numpy as np
 import pytest
+from records import ARMS, PRIMARY, TEST_DATASETS, make_cfg, make_study, write_maps, write_metrics_long
 from statsmodels.stats.power import TTestPower
 
 from aaclip_xattn.fileio import read_csv
@@ -18,11 +19,6 @@ from aaclip_xattn.stats.figures import (
     render_figures,
     rope_for,
 )
-
-try:
-    from .records import ARMS, PRIMARY, TEST_DATASETS, make_cfg, make_study, write_maps, write_metrics_long
-except ImportError:
-    from records import ARMS, PRIMARY, TEST_DATASETS, make_cfg, make_study, write_maps, write_metrics_long
 
 GROUP = ("synth_a", "4")
 N_CATEGORIES = sum(len(c) for c in TEST_DATASETS.values())

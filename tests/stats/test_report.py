@@ -8,16 +8,12 @@ from collections import Counter
 from html import escape
 
 import pytest
+from records import edit_run, make_cfg, make_study, run_rel, write_comparisons, write_metrics_long
 
 from aaclip_xattn.fileio import read_csv
 from aaclip_xattn.stats import compare, figures
 from aaclip_xattn.stats.checklist import CHECK_IDS, run_checklist
 from aaclip_xattn.stats.report import FAIL_BANNER, lint_language, render_report
-
-try:
-    from .records import edit_run, make_cfg, make_study, run_rel, write_comparisons, write_metrics_long
-except ImportError:
-    from records import edit_run, make_cfg, make_study, run_rel, write_comparisons, write_metrics_long
 
 
 @pytest.fixture

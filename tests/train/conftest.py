@@ -1,4 +1,7 @@
-"""Shared fixtures of the training tests: a tiny synthetic dataset, its manifest, a tiny config, a baseline run."""
+"""Shared fixtures of the training tests: the seed-0 manifest, a tiny config, a baseline run.
+
+The tiny synthetic dataset and its manifests come from ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +9,35 @@ from pathlib import Path
 
 import pytest
 
-TRAIN_CATEGORIES = ("brick", "grass")
 IMAGE_SIZE = 64
 
 
 @pytest.fixture(scope="session")
-def train_dataset_root(tmp_path_factory) -> Path:
-    """A 2-category MVTec-format dataset at 64 px with 4 normal + 4 anomalous test images per category."""
-    from aaclip_xattn.data import SyntheticConfig, make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("train_data") / "synth_small"
-    cfg = SyntheticConfig(
-        categories=TRAIN_CATEGORIES,
-        image_size=IMAGE_SIZE,
-        n_train_good=0,
-        n_test_good=4,
-        n_test_anomalous=4,
-        seed=0,
-    )
-    return Path(make_synthetic_dataset(root, cfg))
+def train_manifest(small_manifest_factory) -> Path:
+    """A 4-shot manifest of seed 0 (2 normal + 2 anomalous per category: 8 images)."""
+    return small_manifest_factory(0)
 
 
 @pytest.fixture(scope="session")
-def train_manifest(train_dataset_root, tmp_path_factory) -> Path:
-    """A 4-shot manifest (2 normal + 2 anomalous per category: 8 images)."""
-    from aaclip_xattn.data import make_fewshot_manifest, read_dataset, write_manifest
+def stage_setup_factory(train_manifest):
+    """Return ``make(kind, stage=, augment=) -> (model, dataset, classes)`` for the stage tests.
 
-    samples = read_dataset(train_dataset_root, "mvtec", split="test")
-    manifest = make_fewshot_manifest(
-        samples,
-        dataset="synth_small",
-        shot=4,
-        seed=0,
-        training_mode="few_shot",
-        root=train_dataset_root,
-        layout="mvtec",
-    )
-    return write_manifest(tmp_path_factory.mktemp("splits") / "seed0.json", manifest)
+    The model is the default backbone at 64 px with adapters from ``make_generator(0, "init")``; the
+    dataset is the preloaded stage-``stage`` ``AnomalyDataset`` of ``train_manifest`` (seed 0).
+    """
+    from aaclip_xattn import create_model
+    from aaclip_xattn.data import AnomalyDataset, read_manifest
+    from aaclip_xattn.seeding import make_generator
+
+    manifest = read_manifest(train_manifest)
+
+    def make(kind: str, *, stage: int, augment: bool):
+        model = create_model(kind, image_size=IMAGE_SIZE, generator=make_generator(0, "init"))
+        dataset = AnomalyDataset(manifest.samples, model.image_size, stage=stage, augment=augment, seed=0)
+        dataset.preload()
+        return model, dataset, list(manifest.categories)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,23 @@ def _tiny(root: Path) -> list[str]:
     ]
 
 
+def _guide(save_path: Path, *flags: str) -> list[str]:
+    """A seed-guide command line: MVTec, 2 shots, 1 + 1 epochs, ``flags``, saving to ``save_path``."""
+    return [
+        "--dataset",
+        "MVTec",
+        "--shot",
+        "2",
+        "--text_epoch",
+        "1",
+        "--image_epoch",
+        "1",
+        *flags,
+        "--save_path",
+        str(save_path),
+    ]
+
+
 @pytest.mark.parametrize("program", ["train", "xattn"])
 def test_help_documents_every_flag(program, capsys):
     parser = build_parser(program)
@@ -117,7 +134,7 @@ def test_missing_dataset_root_names_the_flag(capsys):
     assert "--dataset_root is required" in err and "make-synthetic" in err
 
 
-def test_missing_base_checkpoint_is_one_line_exit_2(train_dataset_root, tmp_path, capsys):
+def test_missing_base_checkpoint_is_one_line_exit_2(small_dataset_root, tmp_path, capsys):
     argv = [
         "--shot",
         "2",
@@ -127,120 +144,41 @@ def test_missing_base_checkpoint_is_one_line_exit_2(train_dataset_root, tmp_path
         str(tmp_path / "nope.pth"),
         "--load_base_image_adapter",
         str(tmp_path / "nope.pth"),
-        *_tiny(train_dataset_root),
+        *_tiny(small_dataset_root),
     ]
     assert train_cross_attention_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.pth: no such checkpoint file" in err[0]
 
 
-def test_seed_guide_command_lines_run(train_dataset_root, tmp_path, capsys):
+def test_seed_guide_command_lines_run(small_dataset_root, tmp_path, capsys):
     """Steps 1, 2, 6 (both presets), 10 and the control, with the guide's flags and tiny epochs."""
-    tiny = _tiny(train_dataset_root)
-    base = tmp_path / "ckpt" / "baseline_mvtec"
-    step1 = [
-        "--dataset",
-        "MVTec",
-        "--training_mode",
-        "few_shot",
-        "--shot",
-        "2",
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--text_batch_size",
-        "4",
-        "--image_batch_size",
-        "2",
-        "--save_path",
-        str(base),
-    ]
-    assert train_main(step1 + tiny) == 0
+    tiny = _tiny(small_dataset_root)
+    ckpt = tmp_path / "ckpt"
+    base = ckpt / "baseline_mvtec"
     load = [
         "--load_base_text_adapter",
         str(base / "text_adapter.pth"),
         "--load_base_image_adapter",
         str(base / "image_adapter.pth"),
     ]
-    step2 = [
-        "--dataset",
-        "MVTec",
-        "--training_mode",
-        "few_shot",
-        "--shot",
-        "2",
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--save_path",
-        str(tmp_path / "ckpt" / "cross_attn_mvtec"),
-        *load,
+    few_shot = ["--training_mode", "few_shot"]
+    commands = [
+        (train_main, _guide(base, *few_shot, "--text_batch_size", "4", "--image_batch_size", "2")),
+        (
+            train_cross_attention_main,
+            _guide(ckpt / "cross_attn_mvtec", *few_shot, *load, "--text_batch_size", "4"),
+        ),
+        (
+            train_cross_attention_main,
+            _guide(ckpt / "from_base", *load, "--text_lr", "0.00001", "--image_lr", "0.0005"),
+        ),
+        (train_cross_attention_main, _guide(ckpt / "from_base_fast", *load, "--preset", "aggressive")),
+        (train_cross_attention_main, _guide(ckpt / "scratch", "--scratch")),
+        (train_main, _guide(ckpt / "continued", *load)),
     ]
-    assert train_cross_attention_main(step2 + ["--text_batch_size", "4"] + tiny) == 0
-    conservative = [
-        "--dataset",
-        "MVTec",
-        "--shot",
-        "2",
-        *load,
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--text_lr",
-        "0.00001",
-        "--image_lr",
-        "0.0005",
-        "--save_path",
-        str(tmp_path / "ckpt" / "from_base"),
-    ]
-    assert train_cross_attention_main(conservative + tiny) == 0
-    aggressive = [
-        "--dataset",
-        "MVTec",
-        "--shot",
-        "2",
-        *load,
-        "--preset",
-        "aggressive",
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--save_path",
-        str(tmp_path / "ckpt" / "from_base_fast"),
-    ]
-    assert train_cross_attention_main(aggressive + tiny) == 0
-    scratch = [
-        "--dataset",
-        "MVTec",
-        "--shot",
-        "2",
-        "--scratch",
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--save_path",
-        str(tmp_path / "ckpt" / "scratch"),
-    ]
-    assert train_cross_attention_main(scratch + tiny) == 0
-    control = [
-        "--dataset",
-        "MVTec",
-        "--shot",
-        "2",
-        *load,
-        "--text_epoch",
-        "1",
-        "--image_epoch",
-        "1",
-        "--save_path",
-        str(tmp_path / "ckpt" / "continued"),
-    ]
-    assert train_main(control + tiny) == 0
+    for main, argv in commands:
+        assert main(argv + tiny) == 0, argv
 
     def run(name):
         return json.loads((tmp_path / "ckpt" / name / "run.json").read_text())

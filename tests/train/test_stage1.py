@@ -8,22 +8,12 @@ import pytest
 import torch
 
 from aaclip_xattn.checkpoint import tensor_fingerprint
-from aaclip_xattn.seeding import make_generator
 from aaclip_xattn.train.stage1 import build_text_optimizer, is_feature_cache_exact, train_text_epoch
-
-IMAGE_SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def stage1_setup(train_manifest):
-    from aaclip_xattn import create_model
-    from aaclip_xattn.data import AnomalyDataset, read_manifest
-
-    manifest = read_manifest(train_manifest)
-    model = create_model("baseline", image_size=IMAGE_SIZE, generator=make_generator(0, "init"))
-    dataset = AnomalyDataset(manifest.samples, model.image_size, stage=1, augment=False, seed=0)
-    dataset.preload()
-    return model, dataset, list(manifest.categories)
+def stage1_setup(stage_setup_factory):
+    return stage_setup_factory("baseline", stage=1, augment=False)
 
 
 def _epochs(setup, *, epochs=1, lr=1e-5, vv_axis="batch", levels="last", cache=None, kind_model=None):

@@ -11,24 +11,18 @@ from torch.utils.data import DataLoader
 from aaclip_xattn.seeding import make_generator
 from aaclip_xattn.train.stage2 import build_image_optimizer, compute_text_state, train_image_epoch
 
-IMAGE_SIZE = 64
-
 
 @pytest.fixture(scope="module")
-def stage2_setup(train_manifest):
-    from aaclip_xattn import create_model
-    from aaclip_xattn.data import AnomalyDataset, read_manifest
-
-    manifest = read_manifest(train_manifest)
-    model = create_model("xattn", image_size=IMAGE_SIZE, generator=make_generator(0, "init"))
-    dataset = AnomalyDataset(manifest.samples, model.image_size, stage=2, augment=True, seed=0)
-    dataset.preload()
-    return model, dataset, list(manifest.categories)
+def stage2_setup(stage_setup_factory):
+    return stage_setup_factory("xattn", stage=2, augment=True)
 
 
-def _run(setup, *, epochs, milestones=(16000, 32000), with_cross_attn=True):
+def _run(setup, *, epochs, milestones=(16000, 32000), with_cross_attn=True, prepare=None):
+    """Train a copy of the setup's model for ``epochs``; ``prepare(model)`` runs on the copy first."""
     model, dataset, classes = setup
     model = copy.deepcopy(model)
+    if prepare is not None:
+        prepare(model)
     text = compute_text_state(model, classes, with_cross_attn=with_cross_attn)
     optimizer, scheduler, names = build_image_optimizer(
         model, lr=5e-4, betas=(0.5, 0.999), milestones=milestones, gamma=0.5, with_cross_attn=with_cross_attn
@@ -67,31 +61,19 @@ def test_lr_milestones_count_iterations(stage2_setup):
 
 
 def test_image_cross_attn_receives_each_images_class_prompts(stage2_setup, monkeypatch):
-    model, dataset, classes = stage2_setup
-    model = copy.deepcopy(model)
+    _, dataset, classes = stage2_setup
     seen = []
-    original = model.encode_image
 
-    def spy(images, *, prompt_embeddings=None):
-        seen.append(prompt_embeddings)
-        return original(images, prompt_embeddings=prompt_embeddings)
+    def watch(model):
+        original = model.encode_image
 
-    monkeypatch.setattr(model, "encode_image", spy)
-    text = compute_text_state(model, classes, with_cross_attn=True)
-    optimizer, scheduler, _ = build_image_optimizer(
-        model, lr=5e-4, betas=(0.5, 0.999), milestones=(100,), gamma=0.5, with_cross_attn=True
-    )
-    train_image_epoch(
-        model,
-        optimizer,
-        scheduler,
-        dataset,
-        text=text,
-        epoch=0,
-        batch_size=2,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+        def spy(images, *, prompt_embeddings=None):
+            seen.append(prompt_embeddings)
+            return original(images, prompt_embeddings=prompt_embeddings)
+
+        monkeypatch.setattr(model, "encode_image", spy)
+
+    _, _, _, text = _run(stage2_setup, epochs=1, milestones=(100,), prepare=watch)
     batches = DataLoader(
         range(len(dataset)), batch_size=2, shuffle=True, generator=make_generator(0, "data_order", 2, 0)
     )

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from aaclip_xattn.fileio import read_yaml_mapping
+
 __all__ = [
     "CORRECTIONS",
     "DEFAULT_COMPARISONS",
@@ -150,19 +152,12 @@ class StatsConfig:
             FileNotFoundError: If ``path`` does not exist.
             ValueError: If the file is not a mapping or holds an invalid setting.
         """
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (expected a YAML/JSON stats config)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: expected a mapping of stats settings, found {type(data).__name__}")
+        data = read_yaml_mapping(
+            path,
+            missing="no such file (expected a YAML/JSON stats config)",
+            not_mapping="expected a mapping of stats settings, found {type}",
+        )
         if "stats" in data and isinstance(data["stats"], Mapping | None):
             return cls.from_mapping(data["stats"], source=f"{path}: stats")
         return cls.from_mapping(data, source=str(path))

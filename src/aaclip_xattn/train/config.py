@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from aaclip_xattn.fileio import read_yaml_mapping
 from aaclip_xattn.train.arms import ArmSpec
 
 __all__ = [
@@ -300,18 +301,11 @@ def load_train_config(path: str | os.PathLike, overrides: Mapping[str, Any] | No
         FileNotFoundError: The file does not exist.
         ValueError: The file is not a YAML mapping, or a key or value is invalid (file named).
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file (expected YAML with TrainConfig keys)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping of TrainConfig keys, got {type(data).__name__}")
+    data = read_yaml_mapping(
+        path,
+        missing="no such config file (expected YAML with TrainConfig keys)",
+        not_mapping="expected a mapping of TrainConfig keys, got {type}",
+    )
     merged = {**data, **dict(overrides or {})}
     return TrainConfig.from_mapping(merged, source=str(path))

@@ -23,6 +23,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -127,9 +128,23 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     handler, restore_level = _attach_log_file(run_dir / "train.log")
     try:
-        return _run(
-            cfg, spec, schedule, run_dir, Path(manifest_path), text_path, image_path, progress, restart
-        )
+        device = resolve_device(cfg.device)
+        # perf (issue 8): fast paths on by default on CUDA, off on CPU (the plain path, unchanged).
+        perf = cfg.perf_settings(device)
+        with backend_settings(perf, device):
+            return _run(
+                cfg,
+                spec,
+                schedule,
+                run_dir,
+                Path(manifest_path),
+                text_path,
+                image_path,
+                progress,
+                restart,
+                device,
+                perf,
+            )
     finally:
         package_logger = logging.getLogger("aaclip_xattn")
         package_logger.removeHandler(handler)
@@ -235,46 +250,11 @@ def _run(
     image_path: Path | None,
     progress: bool,
     restart: bool,
-) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
-    # perf (issue 8): fast paths on by default on CUDA, off on CPU (the plain path, unchanged).
-    perf = cfg.perf_settings(device)
-    with backend_settings(perf, device):
-        return _run_with_perf(
-            cfg,
-            spec,
-            schedule,
-            run_dir,
-            manifest_path,
-            text_path,
-            image_path,
-            progress,
-            restart,
-            device,
-            perf,
-        )
-
-
-def _run_with_perf(
-    cfg: TrainConfig,
-    spec: ArmSpec,
-    schedule: Mapping[str, Any],
-    run_dir: Path,
-    manifest_path: Path,
-    text_path: Path | None,
-    image_path: Path | None,
-    progress: bool,
-    restart: bool,
     device: torch.device,
     perf: PerfConfig,
 ) -> dict[str, Any]:
-    from aaclip_xattn.checkpoint import (
-        load_base_image_adapter,
-        load_base_text_adapter,
-        load_optimizer_state,
-        verify_weight_loading,
-    )
-    from aaclip_xattn.data import AnomalyDataset, read_manifest
+    from aaclip_xattn.checkpoint import verify_weight_loading
+    from aaclip_xattn.data import read_manifest
 
     manifest = read_manifest(manifest_path)
     samples = list(manifest.samples)
@@ -293,28 +273,8 @@ def _run_with_perf(
 
     model = _build_model(cfg, spec).to(device)
     with_xattn = spec.kind == "xattn"
-    loaded_checkpoints: list[dict[str, Any]] = []
-    loaded_fingerprints: dict[str, str] = {}
-    skipped_keys: list[str] = []
-    reports = {}
-    if spec.from_base:
-        assert text_path is not None and image_path is not None
-        reports["text"] = load_base_text_adapter(
-            model, text_path, strict=cfg.strict_load, map_location=device
-        )
-        reports["image"] = load_base_image_adapter(
-            model, image_path, strict=cfg.strict_load, map_location=device
-        )
-        for role, report in (
-            ("base_text_adapter", reports["text"]),
-            ("base_image_adapter", reports["image"]),
-        ):
-            loaded_checkpoints.append({"role": role, "path": str(report.source), "sha256": report.sha256})
-            loaded_fingerprints[report.component] = report.fingerprint
-            skipped_keys.extend(
-                f"{report.component}:{key}"
-                for key in (*report.unexpected, *report.missing, *(m.key for m in report.mismatched))
-            )
+    bases = _load_bases(model, spec, text_path, image_path, strict=cfg.strict_load, device=device)
+    reports = bases.reports
     verification = verify_weight_loading(model, logger)
     initial_fingerprints = _fingerprints(model)
     hyper = _hyperparameters(cfg, schedule, model)
@@ -324,43 +284,25 @@ def _run_with_perf(
         "seed": cfg.seed,
         "hyperparameters": {k: v for k, v in hyper.items() if k not in _NOT_IDENTITY},
         "manifest_sha256": manifest.sha256,
-        "base_sha256": {c["role"]: c["sha256"] for c in loaded_checkpoints},
+        "base_sha256": {c["role"]: c["sha256"] for c in bases.checkpoints},
     }
     resume_dir = run_dir / RESUME_DIR
     _check_identity(resume_dir, identity, restart)
 
     text_epochs = int(schedule["text_epoch"])
     image_epochs = int(schedule["image_epoch"])
-    record: dict[str, Any] = {
-        "format": RUN_FORMAT,
-        "arm": spec.name,
-        "seed": cfg.seed,
-        "train_dataset": manifest.dataset,
-        "shot": str(manifest.shot),
-        "training_mode": manifest.training_mode,
-        "status": "running",
-        "hyperparameters": hyper,
-        "epochs_completed": {"text": 0, "image": 0},
-        "steps_completed": {"text": 0, "image": 0},
-        "manifest": {"path": str(manifest_path), "sha256": manifest.sha256},
-        "loaded_checkpoints": loaded_checkpoints,
-        "loaded_fingerprints": loaded_fingerprints,
-        "optimizer_state_loaded": {"text": False, "image": False},
-        "initial_fingerprints": initial_fingerprints,
-        "verification": verification,
-        "final_checkpoints": {},
-        "final_fingerprints": {},
-        "epoch_losses": {"text": [], "image": []},
-        "skipped_keys": skipped_keys,
-        "versions": collect_versions(),
-        "device": str(device),
-        "wall_time_s": {"text": 0.0, "image": 0.0},
-        "load_reports": [r.to_record() for r in reports.values()],
-        "param_names": {},
-        "optimizer_carryover": {},
-        "resumed_from": {"text": 0, "image": 0},
-        "perf": perf.to_dict(),
-    }
+    record = _new_record(
+        spec,
+        cfg,
+        manifest,
+        manifest_path,
+        hyper=hyper,
+        bases=bases,
+        initial_fingerprints=initial_fingerprints,
+        verification=verification,
+        device=device,
+    )
+    record["perf"] = perf.to_dict()
     log_rows: list[dict[str, Any]] = []
     try:
         # ---------------- stage 1 (text) ----------------
@@ -369,17 +311,11 @@ def _run_with_perf(
         )
         record["param_names"]["text"] = text_names
         if spec.from_base and cfg.optimizer_carryover:
-            summary = load_optimizer_state(
-                reports["text"].checkpoint, model, text_opt, stage="text", source=str(text_path)
-            )
-            record["optimizer_state_loaded"]["text"] = True
-            record["optimizer_carryover"]["text"] = {"carried": summary["carried"], "fresh": summary["fresh"]}
+            _carry_optimizer(record, "text", reports["text"], model, text_opt, source=text_path)
         text_done, text_progress = _restore(resume_dir / _TEXT_RESUME, model, text_opt, None, "text", device)
         record["resumed_from"]["text"] = text_done
         _apply_progress(record, log_rows, "text", text_progress)
-        stage1_data = AnomalyDataset(
-            samples, model.image_size, stage=1, augment=cfg.augment, seed=cfg.seed, noise_aug=cfg.noise_aug
-        )
+        stage1_data = _stage_dataset(cfg, samples, model.image_size, stage=1)
         cache = {} if is_feature_cache_exact(cfg.vv_axis, cfg.augment, cfg.noise_aug) else None
         record["feature_cache"] = cache is not None
         for epoch in range(text_done, text_epochs):
@@ -405,23 +341,11 @@ def _run_with_perf(
             _save_resume(
                 resume_dir / _TEXT_RESUME, "text", model, text_opt, None, epoch + 1, record, log_rows
             )
-        from aaclip_xattn.checkpoint import save_image_checkpoint, save_text_checkpoint
-
-        save_text_checkpoint(
-            run_dir / "text_adapter.pth",
-            model,
-            text_opt,
-            record["epochs_completed"]["text"],
-            arm=spec.name,
-            seed=cfg.seed,
-            steps=record["steps_completed"]["text"],
-        )
+        _save_final(run_dir, "text", model, text_opt, record, arm=spec.name, seed=cfg.seed)
         del text_opt, cache
 
         # ---------------- stage 2 (image) ----------------
-        for name in ("text_adapter", "text_cross_attn"):
-            if hasattr(model, name):
-                getattr(model, name).requires_grad_(False)
+        _freeze_text_side(model)
         text_state = compute_text_state(model, classes, with_cross_attn=with_xattn)
         image_opt, scheduler, image_names = build_image_optimizer(
             model,
@@ -433,22 +357,13 @@ def _run_with_perf(
         )
         record["param_names"]["image"] = image_names
         if spec.from_base and cfg.optimizer_carryover:
-            summary = load_optimizer_state(
-                reports["image"].checkpoint, model, image_opt, stage="image", source=str(image_path)
-            )
-            record["optimizer_state_loaded"]["image"] = True
-            record["optimizer_carryover"]["image"] = {
-                "carried": summary["carried"],
-                "fresh": summary["fresh"],
-            }
+            _carry_optimizer(record, "image", reports["image"], model, image_opt, source=image_path)
         image_done, image_progress = _restore(
             resume_dir / _IMAGE_RESUME, model, image_opt, scheduler, "image", device
         )
         record["resumed_from"]["image"] = image_done
         _apply_progress(record, log_rows, "image", image_progress)
-        stage2_data = AnomalyDataset(
-            samples, model.image_size, stage=2, augment=cfg.augment, seed=cfg.seed, noise_aug=cfg.noise_aug
-        )
+        stage2_data = _stage_dataset(cfg, samples, model.image_size, stage=2)
         keep_epoch = cfg.evaluated_epoch()
         for epoch in range(image_done, image_epochs):
             result = train_image_epoch(
@@ -468,44 +383,19 @@ def _run_with_perf(
                 progress=progress,
             )
             _after_epoch(record, log_rows, "image", epoch, result)
-            if cfg.save_every_epoch or keep_epoch == epoch + 1:
-                save_image_checkpoint(
-                    run_dir / f"image_adapter_{epoch + 1}.pth",
-                    model,
-                    image_opt,
-                    epoch + 1,
-                    arm=spec.name,
-                    seed=cfg.seed,
-                )
+            _save_kept_epoch(cfg, run_dir, model, image_opt, epoch, keep_epoch, arm=spec.name)
             _save_resume(
                 resume_dir / _IMAGE_RESUME, "image", model, image_opt, scheduler, epoch + 1, record, log_rows
             )
-        save_image_checkpoint(
-            run_dir / "image_adapter.pth",
-            model,
-            image_opt,
-            record["epochs_completed"]["image"],
-            arm=spec.name,
-            seed=cfg.seed,
-            steps=record["steps_completed"]["image"],
-            scheduler=_plain(scheduler.state_dict()),
+        _save_final(
+            run_dir, "image", model, image_opt, record, arm=spec.name, seed=cfg.seed, scheduler=scheduler
         )
     except NonFiniteLossError as exc:
-        record["status"] = "failed"
-        record["error"] = str(exc)
-        write_train_log(run_dir / "train_log.csv", log_rows)
-        write_run_record(run_dir / "run.json", record)
+        _write_failed(run_dir, record, log_rows, str(exc))
         logger.error("%s", exc)
         raise
 
-    record["final_checkpoints"] = {
-        name: {"path": str(run_dir / f"{name}.pth"), "sha256": sha256_file(run_dir / f"{name}.pth")}
-        for name in ("text_adapter", "image_adapter")
-    }
-    record["final_fingerprints"] = _fingerprints(model)
-    record["status"] = "completed"
-    write_train_log(run_dir / "train_log.csv", log_rows)
-    write_run_record(run_dir / "run.json", record)
+    _write_completed(run_dir, record, log_rows, model)
     logger.info(
         "arm %s done: text %d epochs (%d steps), image %d epochs (%d steps); records in %s",
         spec.name,
@@ -516,6 +406,193 @@ def _run_with_perf(
         run_dir,
     )
     return record
+
+
+@dataclass(frozen=True)
+class _BaseLoads:
+    """What loading a from-base arm's base adapters gave (all empty for fresh-adapter arms).
+
+    Attributes:
+        reports: ``{"text": LoadReport, "image": LoadReport}`` (their ``checkpoint`` carries the optimizer).
+        checkpoints: ``loaded_checkpoints`` entries of the run record (role, path, sha256).
+        fingerprints: ``loaded_fingerprints`` of the run record (component -> fingerprint).
+        skipped_keys: ``component:key`` of every unexpected, missing or mismatched key.
+    """
+
+    reports: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped_keys: list[str] = field(default_factory=list)
+
+
+def _load_bases(
+    model: nn.Module,
+    spec: ArmSpec,
+    text_path: Path | None,
+    image_path: Path | None,
+    *,
+    strict: bool,
+    device: torch.device,
+) -> _BaseLoads:
+    """Load the base ``text_adapter`` / ``image_adapter`` of a from-base arm into ``model``."""
+    if not spec.from_base:
+        return _BaseLoads()
+    from aaclip_xattn.checkpoint import load_base_image_adapter, load_base_text_adapter
+
+    assert text_path is not None and image_path is not None
+    loads = _BaseLoads()
+    loads.reports["text"] = load_base_text_adapter(model, text_path, strict=strict, map_location=device)
+    loads.reports["image"] = load_base_image_adapter(model, image_path, strict=strict, map_location=device)
+    for role, report in (
+        ("base_text_adapter", loads.reports["text"]),
+        ("base_image_adapter", loads.reports["image"]),
+    ):
+        loads.checkpoints.append({"role": role, "path": str(report.source), "sha256": report.sha256})
+        loads.fingerprints[report.component] = report.fingerprint
+        loads.skipped_keys.extend(
+            f"{report.component}:{key}"
+            for key in (*report.unexpected, *report.missing, *(m.key for m in report.mismatched))
+        )
+    return loads
+
+
+def _new_record(
+    spec: ArmSpec,
+    cfg: TrainConfig,
+    manifest: Any,
+    manifest_path: Path,
+    *,
+    hyper: dict[str, Any],
+    bases: _BaseLoads,
+    initial_fingerprints: dict[str, str],
+    verification: Any,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Return the run record of a run that is starting (``status: running``, nothing trained yet)."""
+    return {
+        "format": RUN_FORMAT,
+        "arm": spec.name,
+        "seed": cfg.seed,
+        "train_dataset": manifest.dataset,
+        "shot": str(manifest.shot),
+        "training_mode": manifest.training_mode,
+        "status": "running",
+        "hyperparameters": hyper,
+        "epochs_completed": {"text": 0, "image": 0},
+        "steps_completed": {"text": 0, "image": 0},
+        "manifest": {"path": str(manifest_path), "sha256": manifest.sha256},
+        "loaded_checkpoints": bases.checkpoints,
+        "loaded_fingerprints": bases.fingerprints,
+        "optimizer_state_loaded": {"text": False, "image": False},
+        "initial_fingerprints": initial_fingerprints,
+        "verification": verification,
+        "final_checkpoints": {},
+        "final_fingerprints": {},
+        "epoch_losses": {"text": [], "image": []},
+        "skipped_keys": bases.skipped_keys,
+        "versions": collect_versions(),
+        "device": str(device),
+        "wall_time_s": {"text": 0.0, "image": 0.0},
+        "load_reports": [r.to_record() for r in bases.reports.values()],
+        "param_names": {},
+        "optimizer_carryover": {},
+        "resumed_from": {"text": 0, "image": 0},
+    }
+
+
+def _carry_optimizer(
+    record: dict[str, Any],
+    stage: str,
+    report: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    source: Path | None,
+) -> None:
+    """Map the base checkpoint's optimizer state of ``stage`` onto ``optimizer`` and record what carried."""
+    from aaclip_xattn.checkpoint import load_optimizer_state
+
+    summary = load_optimizer_state(report.checkpoint, model, optimizer, stage=stage, source=str(source))
+    record["optimizer_state_loaded"][stage] = True
+    record["optimizer_carryover"][stage] = {"carried": summary["carried"], "fresh": summary["fresh"]}
+
+
+def _stage_dataset(cfg: TrainConfig, samples: list, image_size: int, *, stage: int) -> Any:
+    """The ``AnomalyDataset`` of ``stage`` (1 or 2) with the run's augmentation, noise and seed."""
+    from aaclip_xattn.data import AnomalyDataset
+
+    return AnomalyDataset(
+        samples, image_size, stage=stage, augment=cfg.augment, seed=cfg.seed, noise_aug=cfg.noise_aug
+    )
+
+
+def _freeze_text_side(model: nn.Module) -> None:
+    """Freeze ``text_adapter`` (and ``text_cross_attn``) before stage 2."""
+    for name in ("text_adapter", "text_cross_attn"):
+        if hasattr(model, name):
+            getattr(model, name).requires_grad_(False)
+
+
+def _save_final(
+    run_dir: Path,
+    stage: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    record: Mapping[str, Any],
+    *,
+    arm: str,
+    seed: int,
+    scheduler: Any = None,
+) -> None:
+    """Write ``{stage}_adapter.pth`` after the stage's last epoch (with the scheduler state when given)."""
+    from aaclip_xattn.checkpoint import save_image_checkpoint, save_text_checkpoint
+
+    extra: dict[str, Any] = {"arm": arm, "seed": seed, "steps": record["steps_completed"][stage]}
+    if scheduler is not None:
+        extra["scheduler"] = _plain(scheduler.state_dict())
+    save = save_text_checkpoint if stage == "text" else save_image_checkpoint
+    save(run_dir / f"{stage}_adapter.pth", model, optimizer, record["epochs_completed"][stage], **extra)
+
+
+def _save_kept_epoch(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    keep_epoch: int | None,
+    *,
+    arm: str,
+) -> None:
+    """Write ``image_adapter_{epoch + 1}.pth`` when every epoch is kept or it is the evaluated one."""
+    if cfg.save_every_epoch or keep_epoch == epoch + 1:
+        from aaclip_xattn.checkpoint import save_image_checkpoint
+
+        save_image_checkpoint(
+            run_dir / f"image_adapter_{epoch + 1}.pth", model, optimizer, epoch + 1, arm=arm, seed=cfg.seed
+        )
+
+
+def _write_failed(run_dir: Path, record: dict[str, Any], log_rows: list[dict[str, Any]], error: str) -> None:
+    """Mark the run failed with ``error`` and write its training log and run record."""
+    record["status"] = "failed"
+    record["error"] = error
+    write_train_log(run_dir / "train_log.csv", log_rows)
+    write_run_record(run_dir / "run.json", record)
+
+
+def _write_completed(
+    run_dir: Path, record: dict[str, Any], log_rows: list[dict[str, Any]], model: nn.Module
+) -> None:
+    """Record the final checkpoints and fingerprints, mark the run completed and write its records."""
+    record["final_checkpoints"] = {
+        name: {"path": str(run_dir / f"{name}.pth"), "sha256": sha256_file(run_dir / f"{name}.pth")}
+        for name in ("text_adapter", "image_adapter")
+    }
+    record["final_fingerprints"] = _fingerprints(model)
+    record["status"] = "completed"
+    write_train_log(run_dir / "train_log.csv", log_rows)
+    write_run_record(run_dir / "run.json", record)
 
 
 def _check_identity(resume_dir: Path, identity: dict[str, Any], restart: bool) -> None:

@@ -28,9 +28,10 @@ supported: an interrupted group is rerun from the start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils.data import DataLoader
 
 from aaclip_xattn.adapters import blend_residual
 from aaclip_xattn.errors import NonFiniteLossError
-from aaclip_xattn.fileio import sha256_file
 from aaclip_xattn.model import NUM_NORMAL_SENTENCES, ImageFeatures, make_anchors
 from aaclip_xattn.perf import (
     LossMeter,
@@ -57,13 +56,13 @@ from aaclip_xattn.seeding import make_generator
 from aaclip_xattn.train.arms import ArmSpec, get_arm
 from aaclip_xattn.train.config import TrainConfig, resolve_schedule
 from aaclip_xattn.train.losses import ORTHOGONAL_WEIGHT, image_ce_loss, orthogonal_loss, seg_loss
-from aaclip_xattn.train.records import RUN_FORMAT, collect_versions, write_run_record, write_train_log
 from aaclip_xattn.train.stage1 import (
     STAGE_IMAGE,
     STAGE_TEXT,
     EpochResult,
     build_text_optimizer,
     class_indices,
+    epoch_loader,
     is_feature_cache_exact,
 )
 from aaclip_xattn.train.stage2 import TextState, build_image_optimizer, compute_text_state
@@ -391,9 +390,16 @@ def resolve_train_perf(cfg: TrainConfig, device: torch.device) -> PerfConfig:
 def _build_states(
     cfg: TrainConfig, members: Sequence[SeedMember], spec: ArmSpec, device: torch.device, perf: PerfConfig
 ) -> list[_State]:
-    from aaclip_xattn.checkpoint import load_base_image_adapter, load_base_text_adapter, verify_weight_loading
+    from aaclip_xattn.checkpoint import verify_weight_loading
     from aaclip_xattn.data import read_manifest
-    from aaclip_xattn.train.runner import _base_paths, _build_model, _fingerprints, _hyperparameters
+    from aaclip_xattn.train.runner import (
+        _base_paths,
+        _build_model,
+        _fingerprints,
+        _hyperparameters,
+        _load_bases,
+        _new_record,
+    )
 
     states: list[_State] = []
     shared = None
@@ -431,58 +437,26 @@ def _build_states(
         model, member_cfg = state.model, state.cfg
         manifest = state.record.pop("_manifest")
         schedule = state.record.pop("_schedule")
-        loaded_checkpoints: list[dict[str, Any]] = []
-        loaded_fingerprints: dict[str, str] = {}
-        skipped_keys: list[str] = []
-        if spec.from_base:
-            state.reports["text"] = load_base_text_adapter(
-                model, state.text_path, strict=member_cfg.strict_load, map_location=device
-            )
-            state.reports["image"] = load_base_image_adapter(
-                model, state.image_path, strict=member_cfg.strict_load, map_location=device
-            )
-            for role, report in (
-                ("base_text_adapter", state.reports["text"]),
-                ("base_image_adapter", state.reports["image"]),
-            ):
-                loaded_checkpoints.append({"role": role, "path": str(report.source), "sha256": report.sha256})
-                loaded_fingerprints[report.component] = report.fingerprint
-                skipped_keys.extend(
-                    f"{report.component}:{key}"
-                    for key in (*report.unexpected, *report.missing, *(m.key for m in report.mismatched))
-                )
-        state.record = {
-            "format": RUN_FORMAT,
-            "arm": spec.name,
-            "seed": member_cfg.seed,
-            "train_dataset": manifest.dataset,
-            "shot": str(manifest.shot),
-            "training_mode": manifest.training_mode,
-            "status": "running",
-            "hyperparameters": _hyperparameters(member_cfg, schedule, model),
-            "epochs_completed": {"text": 0, "image": 0},
-            "steps_completed": {"text": 0, "image": 0},
-            "manifest": {"path": str(state.member.manifest_path), "sha256": manifest.sha256},
-            "loaded_checkpoints": loaded_checkpoints,
-            "loaded_fingerprints": loaded_fingerprints,
-            "optimizer_state_loaded": {"text": False, "image": False},
-            "initial_fingerprints": _fingerprints(model),
-            "verification": verify_weight_loading(model, logger),
-            "final_checkpoints": {},
-            "final_fingerprints": {},
-            "epoch_losses": {"text": [], "image": []},
-            "skipped_keys": skipped_keys,
-            "versions": collect_versions(),
-            "device": str(device),
-            "wall_time_s": {"text": 0.0, "image": 0.0},
-            "load_reports": [r.to_record() for r in state.reports.values()],
-            "param_names": {},
-            "optimizer_carryover": {},
-            "resumed_from": {"text": 0, "image": 0},
-            "seed_batched": {"seeds": [m.seed for m in members], "group_size": len(members)},
-            "perf": perf.to_dict(),
-            "_schedule": schedule,
-        }
+        bases = _load_bases(
+            model, spec, state.text_path, state.image_path, strict=member_cfg.strict_load, device=device
+        )
+        state.reports = bases.reports
+        hyper = _hyperparameters(member_cfg, schedule, model)
+        initial_fingerprints = _fingerprints(model)
+        state.record = _new_record(
+            spec,
+            member_cfg,
+            manifest,
+            state.member.manifest_path,
+            hyper=hyper,
+            bases=bases,
+            initial_fingerprints=initial_fingerprints,
+            verification=verify_weight_loading(model, logger),
+            device=device,
+        )
+        state.record["seed_batched"] = {"seeds": [m.seed for m in members], "group_size": len(members)}
+        state.record["perf"] = perf.to_dict()
+        state.record["_schedule"] = schedule
     return states
 
 
@@ -496,15 +470,13 @@ def _loaders(
 ) -> list[Any]:
     iterators = []
     for state, dataset in zip(states, datasets, strict=True):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        loader = DataLoader(
+        loader = epoch_loader(
             dataset,
             batch_size=batch_size,
-            shuffle=True,
-            drop_last=False,
             num_workers=state.cfg.num_workers,
-            generator=make_generator(state.cfg.seed, "data_order", stage, epoch),
+            seed=state.cfg.seed,
+            stage=stage,
+            epoch=epoch,
             pin_memory=perf.pin_memory,
         )
         iterators.append(iter(loader))
@@ -557,9 +529,16 @@ def _train_group(
     perf: PerfConfig,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    from aaclip_xattn.checkpoint import load_optimizer_state, save_image_checkpoint, save_text_checkpoint
-    from aaclip_xattn.data import AnomalyDataset
-    from aaclip_xattn.train.runner import _after_epoch, _fingerprints, _plain
+    from aaclip_xattn.train.runner import (
+        _after_epoch,
+        _carry_optimizer,
+        _freeze_text_side,
+        _save_final,
+        _save_kept_epoch,
+        _stage_dataset,
+        _write_completed,
+        _write_failed,
+    )
 
     states = _build_states(cfg, members, spec, device, perf)
     with_xattn = spec.kind == "xattn"
@@ -573,6 +552,16 @@ def _train_group(
         device,
         perf.to_dict(),
     )
+    run_epoch = functools.partial(
+        _run_epoch,
+        states,
+        cfg=cfg,
+        device=device,
+        perf=perf,
+        progress=progress,
+        with_xattn=with_xattn,
+        after=_after_epoch,
+    )
     try:
         # ---------------- stage 1 (text) ----------------
         for state, schedule in zip(states, schedules, strict=True):
@@ -581,58 +570,31 @@ def _train_group(
             )
             state.record["param_names"]["text"] = names
             if spec.from_base and cfg.optimizer_carryover:
-                summary = load_optimizer_state(
-                    state.reports["text"].checkpoint,
+                _carry_optimizer(
+                    state.record,
+                    "text",
+                    state.reports["text"],
                     state.model,
                     state.text_opt,
-                    stage="text",
-                    source=str(state.text_path),
+                    source=state.text_path,
                 )
-                state.record["optimizer_state_loaded"]["text"] = True
-                state.record["optimizer_carryover"]["text"] = {
-                    "carried": summary["carried"],
-                    "fresh": summary["fresh"],
-                }
         exact_cache = is_feature_cache_exact(cfg.vv_axis, cfg.augment, cfg.noise_aug)
         datasets1 = []
         for state in states:
             state.cache = {} if exact_cache else None
             state.record["feature_cache"] = exact_cache
-            datasets1.append(
-                AnomalyDataset(
-                    state.samples,
-                    first.image_size,
-                    stage=1,
-                    augment=cfg.augment,
-                    seed=state.cfg.seed,
-                    noise_aug=cfg.noise_aug,
-                )
-            )
-        text_epochs = [int(s["text_epoch"]) for s in schedules]
-        for epoch in range(max(text_epochs, default=0)):
-            running = [i for i, n in enumerate(text_epochs) if epoch < n]
-            _run_epoch(
-                states,
-                running,
-                datasets1,
-                epoch,
-                stage="text",
-                cfg=cfg,
-                device=device,
-                perf=perf,
-                progress=progress,
-                with_xattn=with_xattn,
-                after=_after_epoch,
-            )
+            datasets1.append(_stage_dataset(state.cfg, state.samples, first.image_size, stage=1))
+        for epoch, running in _epochs_running([int(s["text_epoch"]) for s in schedules]):
+            run_epoch(running, datasets1, epoch, stage="text")
         for state in states:
-            save_text_checkpoint(
-                Path(state.member.run_dir) / "text_adapter.pth",
+            _save_final(
+                Path(state.member.run_dir),
+                "text",
                 state.model,
                 state.text_opt,
-                state.record["epochs_completed"]["text"],
+                state.record,
                 arm=spec.name,
                 seed=state.cfg.seed,
-                steps=state.record["steps_completed"]["text"],
             )
             state.text_opt = None
             state.cache = None
@@ -640,9 +602,7 @@ def _train_group(
         # ---------------- stage 2 (image) ----------------
         datasets2 = []
         for state, schedule in zip(states, schedules, strict=True):
-            for name in ("text_adapter", "text_cross_attn"):
-                if hasattr(state.model, name):
-                    getattr(state.model, name).requires_grad_(False)
+            _freeze_text_side(state.model)
             state.text_state = compute_text_state(state.model, state.classes, with_cross_attn=with_xattn)
             state.image_opt, state.scheduler, names = build_image_optimizer(
                 state.model,
@@ -654,90 +614,59 @@ def _train_group(
             )
             state.record["param_names"]["image"] = names
             if spec.from_base and cfg.optimizer_carryover:
-                summary = load_optimizer_state(
-                    state.reports["image"].checkpoint,
+                _carry_optimizer(
+                    state.record,
+                    "image",
+                    state.reports["image"],
                     state.model,
                     state.image_opt,
-                    stage="image",
-                    source=str(state.image_path),
+                    source=state.image_path,
                 )
-                state.record["optimizer_state_loaded"]["image"] = True
-                state.record["optimizer_carryover"]["image"] = {
-                    "carried": summary["carried"],
-                    "fresh": summary["fresh"],
-                }
-            datasets2.append(
-                AnomalyDataset(
-                    state.samples,
-                    first.image_size,
-                    stage=2,
-                    augment=cfg.augment,
-                    seed=state.cfg.seed,
-                    noise_aug=cfg.noise_aug,
-                )
-            )
-        image_epochs = [int(s["image_epoch"]) for s in schedules]
+            datasets2.append(_stage_dataset(state.cfg, state.samples, first.image_size, stage=2))
         keep_epoch = cfg.evaluated_epoch()
-        for epoch in range(max(image_epochs, default=0)):
-            running = [i for i, n in enumerate(image_epochs) if epoch < n]
-            _run_epoch(
-                states,
-                running,
-                datasets2,
-                epoch,
-                stage="image",
-                cfg=cfg,
-                device=device,
-                perf=perf,
-                progress=progress,
-                with_xattn=with_xattn,
-                after=_after_epoch,
-            )
+        for epoch, running in _epochs_running([int(s["image_epoch"]) for s in schedules]):
+            run_epoch(running, datasets2, epoch, stage="image")
             for index in running:
                 state = states[index]
-                if cfg.save_every_epoch or keep_epoch == epoch + 1:
-                    save_image_checkpoint(
-                        Path(state.member.run_dir) / f"image_adapter_{epoch + 1}.pth",
-                        state.model,
-                        state.image_opt,
-                        epoch + 1,
-                        arm=spec.name,
-                        seed=state.cfg.seed,
-                    )
+                _save_kept_epoch(
+                    state.cfg,
+                    Path(state.member.run_dir),
+                    state.model,
+                    state.image_opt,
+                    epoch,
+                    keep_epoch,
+                    arm=spec.name,
+                )
         for state in states:
-            save_image_checkpoint(
-                Path(state.member.run_dir) / "image_adapter.pth",
+            _save_final(
+                Path(state.member.run_dir),
+                "image",
                 state.model,
                 state.image_opt,
-                state.record["epochs_completed"]["image"],
+                state.record,
                 arm=spec.name,
                 seed=state.cfg.seed,
-                steps=state.record["steps_completed"]["image"],
-                scheduler=_plain(state.scheduler.state_dict()),
+                scheduler=state.scheduler,
             )
     except NonFiniteLossError as exc:
         for state in states:
-            state.record["status"] = "failed"
-            state.record["error"] = f"seed-batched group {[m.seed for m in members]} stopped: {exc}"
-            write_train_log(Path(state.member.run_dir) / "train_log.csv", state.log_rows)
-            write_run_record(Path(state.member.run_dir) / "run.json", state.record)
+            error = f"seed-batched group {[m.seed for m in members]} stopped: {exc}"
+            _write_failed(Path(state.member.run_dir), state.record, state.log_rows, error)
         logger.error("%s", exc)
         raise
 
     records = []
     for state in states:
-        run_dir = Path(state.member.run_dir)
-        state.record["final_checkpoints"] = {
-            name: {"path": str(run_dir / f"{name}.pth"), "sha256": sha256_file(run_dir / f"{name}.pth")}
-            for name in ("text_adapter", "image_adapter")
-        }
-        state.record["final_fingerprints"] = _fingerprints(state.model)
-        state.record["status"] = "completed"
-        write_train_log(run_dir / "train_log.csv", state.log_rows)
-        write_run_record(run_dir / "run.json", state.record)
+        _write_completed(Path(state.member.run_dir), state.record, state.log_rows, state.model)
         records.append(state.record)
     logger.info("seed-batched arm %s done: seeds %s", spec.name, [m.seed for m in members])
     return records
+
+
+def _epochs_running(epochs: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
+    """Yield ``(epoch, running)`` up to the longest schedule; ``running``: the seeds with that epoch left."""
+    for epoch in range(max(epochs, default=0)):
+        yield epoch, [i for i, n in enumerate(epochs) if epoch < n]
 
 
 def _run_epoch(

@@ -20,8 +20,12 @@ from aaclip_xattn.train.losses import stage1_loss
 __all__ = [
     "EpochResult",
     "build_text_optimizer",
+    "check_finite",
     "class_indices",
+    "epoch_loader",
+    "epoch_result",
     "is_feature_cache_exact",
+    "optimizer_step",
     "train_text_epoch",
 ]
 
@@ -156,15 +160,13 @@ def train_text_epoch(
 
     perf = perf if perf is not None else PerfConfig()
     start = time.perf_counter()
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    loader = DataLoader(
+    loader = epoch_loader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=False,
         num_workers=num_workers,
-        generator=make_generator(seed, "data_order", STAGE_TEXT, epoch),
+        seed=seed,
+        stage=STAGE_TEXT,
+        epoch=epoch,
         pin_memory=perf.pin_memory,
     )
     model.train()
@@ -192,24 +194,67 @@ def train_text_epoch(
                 loss, _ = stage1_loss(features, anchors.float(), masks, levels=stage1_levels)
         if meter is not None:
             meter.add(loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, loss)
             steps += 1
             continue
         step = step_offset + steps + 1
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} in stage text (1), epoch {epoch + 1}, step {step}; "
-                "the last completed epoch's checkpoint is kept"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        check_finite(loss, "text (1)", epoch, step)
+        optimizer_step(optimizer, loss)
         total += loss.item()
         steps += 1
         logger.debug("text epoch %d step %d loss %.6f", epoch + 1, step, loss.item())
     lr = float(optimizer.param_groups[0]["lr"])
+    return epoch_result(meter, total, steps, lr, start)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    stage: int,
+    epoch: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Return the shuffled loader of one epoch (``set_epoch`` called first when the dataset has it).
+
+    The order comes from ``make_generator(seed, "data_order", stage, epoch)``; no ``drop_last``.
+    Shared by both stages and the seed-batched trainer, so every path sees the same batches.
+    """
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=num_workers,
+        generator=make_generator(seed, "data_order", stage, epoch),
+        pin_memory=pin_memory,
+    )
+
+
+def check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``stage`` (e.g. ``"text (1)"``), epoch and step on NaN/inf."""
+    if not math.isfinite(loss.item()):
+        raise NonFiniteLossError(
+            f"non-finite loss {loss.item()} in stage {stage}, epoch {epoch + 1}, step {step}; "
+            "the last completed epoch's checkpoint is kept"
+        )
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scheduler: Any = None) -> None:
+    """Zero the gradients, backpropagate ``loss``, step the optimizer (then ``scheduler`` when given)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def epoch_result(meter: Any, total: float, steps: int, lr: float, start: float) -> EpochResult:
+    """Build the epoch's :class:`EpochResult`: from the device-side ``meter`` when given, else ``total``."""
     if meter is not None:
         mean, steps = meter.result()
         return EpochResult(mean, steps, lr, time.perf_counter() - start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,17 +10,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from aaclip_xattn.errors import NonFiniteLossError
-from aaclip_xattn.seeding import make_generator
 from aaclip_xattn.train.losses import stage2_loss
 from aaclip_xattn.train.stage1 import (
     STAGE_IMAGE,
     EpochResult,
     _loss_meter,
     _progress,
+    check_finite,
     class_indices,
+    epoch_loader,
+    epoch_result,
+    optimizer_step,
     trainable_parameters,
 )
 
@@ -125,15 +126,13 @@ def train_image_epoch(
     encode = compile_with_fallback(model.encode_image, perf, name="image forward")
     meter = _loss_meter(perf, device, "image", epoch, step_offset)
     start = time.perf_counter()
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    loader = DataLoader(
+    loader = epoch_loader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=False,
         num_workers=num_workers,
-        generator=make_generator(seed, "data_order", STAGE_IMAGE, epoch),
+        seed=seed,
+        stage=STAGE_IMAGE,
+        epoch=epoch,
         pin_memory=perf.pin_memory,
     )
     model.train()
@@ -163,27 +162,14 @@ def train_image_epoch(
         if meter is not None:
             meter.add(loss)
             lr = float(optimizer.param_groups[0]["lr"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(optimizer, loss, scheduler)
             steps += 1
             continue
         step = step_offset + steps + 1
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} in stage image (2), epoch {epoch + 1}, step {step}; "
-                "the last completed epoch's checkpoint is kept"
-            )
+        check_finite(loss, "image (2)", epoch, step)
         lr = float(optimizer.param_groups[0]["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(optimizer, loss, scheduler)
         total += loss.item()
         steps += 1
         logger.debug("image epoch %d step %d loss %.6f lr %g", epoch + 1, step, loss.item(), lr)
-    if meter is not None:
-        mean, steps = meter.result()
-        return EpochResult(mean, steps, lr, time.perf_counter() - start)
-    return EpochResult(total / max(steps, 1), steps, lr, time.perf_counter() - start)
+    return epoch_result(meter, total, steps, lr, start)

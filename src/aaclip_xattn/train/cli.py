@@ -45,6 +45,16 @@ _EPILOG = (
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default only where its help text does not already explain it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(program: str) -> argparse.ArgumentParser:
     """Return the parser of ``train.py`` (``program="train"``) or ``train_cross_attention.py`` (``"xattn"``)."""
     prog = "train.py" if program == "train" else "train_cross_attention.py"
@@ -52,7 +62,7 @@ def build_parser(program: str) -> argparse.ArgumentParser:
         prog=prog,
         description=_DESCRIPTION[program],
         epilog=_EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(

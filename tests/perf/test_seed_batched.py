@@ -18,9 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from aaclip_xattn.train import TrainConfig, run_training
+import aaclip_xattn.train.runner as runner
+import aaclip_xattn.train.seed_batched as seed_batched
+from aaclip_xattn.checkpoint import load_checkpoint_file, tensor_fingerprint
+from aaclip_xattn.train import ResumeMismatchError, TrainConfig, run_training
+from aaclip_xattn.train.records import read_train_log
+from aaclip_xattn.train.runner import RESUME_DIR
 from aaclip_xattn.train.seed_batched import (
+    PREVIOUS_SUFFIX,
+    SeedGroupResumeError,
     SeedMember,
+    group_resume_epoch,
     grouped_condition_anchors,
     grouped_encode_image,
     grouped_text_anchors,
@@ -291,3 +299,153 @@ def _gen(seed: int) -> torch.Generator:
     from aaclip_xattn.seeding import make_generator
 
     return make_generator(seed, "init")
+
+
+# ---------------------------------------------------------------------------------------------------
+# resume of an interrupted group
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_epoch(patch: pytest.MonkeyPatch, stage: str, epoch: int) -> None:
+    """Raise from the group's epoch loop when ``stage`` reaches 0-based ``epoch`` (after the previous one saved)."""
+    original = seed_batched._run_epoch
+
+    def wrapper(*args, **kwargs):
+        if kwargs["stage"] == stage and args[3] == epoch:
+            raise _Killed(f"{stage} epoch {epoch}")
+        return original(*args, **kwargs)
+
+    patch.setattr(seed_batched, "_run_epoch", wrapper)
+
+
+def _kill_save(patch: pytest.MonkeyPatch, stage: str, epoch: int, call: int) -> None:
+    """Raise from the ``call``-th resume save (0-based) of ``stage`` after ``epoch``: a kill mid-save."""
+    original = runner._save_resume
+    calls = []
+
+    def wrapper(path, save_stage, model, optimizer, scheduler, save_epoch, *args):
+        if save_stage == stage and save_epoch == epoch:
+            if len(calls) == call:
+                raise _Killed(f"saving {stage} epoch {epoch}")
+            calls.append(path)
+        return original(path, save_stage, model, optimizer, scheduler, save_epoch, *args)
+
+    patch.setattr(runner, "_save_resume", wrapper)
+
+
+def _bits(run_dir: Path) -> dict[str, str]:
+    """Fingerprints of the final adapters, cross-attention and Adam states of a run directory."""
+    out = {}
+    for stage in ("text", "image"):
+        content = load_checkpoint_file(run_dir / f"{stage}_adapter.pth")
+        for key in (f"{stage}_adapter", f"{stage}_cross_attn"):
+            if key in content:
+                out[key] = tensor_fingerprint(content[key])
+        state = content[f"{stage}_optimizer"]["state"]
+        out[f"{stage}_optimizer"] = tensor_fingerprint(
+            {f"{i}.{k}": v for i, s in state.items() for k, v in s.items()}
+        )
+    return out
+
+
+def _resume_epoch(run_dir: Path, name: str) -> int:
+    return int(load_checkpoint_file(run_dir / RESUME_DIR / name)["epoch"])
+
+
+def test_killed_group_resumes_bit_identical_to_an_uninterrupted_group(
+    small_manifest_factory, tmp_path, monkeypatch
+):
+    # 4 images per seed at batch 2: 2 steps per epoch.
+    cfg = _cfg(text_epoch=2, image_epoch=2, text_batch_size=2, image_batch_size=2)
+    seeds = (0, 1)
+
+    def members(prefix: str) -> list[SeedMember]:
+        return [SeedMember(s, tmp_path / f"{prefix}{s}", small_manifest_factory(s, shot=2)) for s in seeds]
+
+    full = train_seed_group(cfg, members("full"), arm="xattn_scratch")
+    killed = members("killed")
+    dirs = [m.run_dir for m in killed]
+    # 1) dies during text epoch 2: both seeds saved text epoch 1, nothing final.
+    with monkeypatch.context() as patch:
+        _kill_epoch(patch, "text", 1)
+        with pytest.raises(_Killed):
+            train_seed_group(cfg, killed, arm="xattn_scratch")
+    assert [_resume_epoch(d, "text.pth") for d in dirs] == [1, 1]
+    assert not any((d / "text_adapter.pth").exists() for d in dirs)
+    # 2) the rerun dies during image epoch 2.
+    with monkeypatch.context() as patch:
+        _kill_epoch(patch, "image", 1)
+        with pytest.raises(_Killed):
+            train_seed_group(cfg, killed, arm="xattn_scratch")
+    assert [_resume_epoch(d, "text.pth") for d in dirs] == [2, 2]
+    assert [_resume_epoch(d, "image.pth") for d in dirs] == [1, 1]
+    # 3) the next rerun dies while saving image epoch 2: seed 0 saved it; seed 1's epoch-1 state was
+    # already moved aside as its previous state, its new state not yet written.
+    with monkeypatch.context() as patch:
+        _kill_save(patch, "image", 2, call=1)
+        with pytest.raises(_Killed):
+            train_seed_group(cfg, killed, arm="xattn_scratch")
+    assert _resume_epoch(dirs[0], "image.pth") == 2
+    assert not (dirs[1] / RESUME_DIR / "image.pth").exists()
+    assert [_resume_epoch(d, "image" + PREVIOUS_SUFFIX) for d in dirs] == [1, 1]
+    # 4) the group continues both seeds after epoch 1 (seed 0 from its previous state) and completes.
+    resumed = train_seed_group(cfg, killed, arm="xattn_scratch")
+    for seed, done, again, run_dir in zip(seeds, full, resumed, dirs, strict=True):
+        assert again["resumed_from"] == {"text": 2, "image": 1}, seed
+        assert _bits(run_dir) == _bits(tmp_path / f"full{seed}"), seed
+        assert again["final_fingerprints"] == done["final_fingerprints"]
+        assert again["epoch_losses"] == done["epoch_losses"]
+        assert again["steps_completed"] == done["steps_completed"] == {"text": 4, "image": 4}
+        rows = read_train_log(run_dir / "train_log.csv")
+        assert [(r["stage"], r["epoch"], r["steps"]) for r in rows] == [
+            ("text", 1, 2),
+            ("text", 2, 4),
+            ("image", 1, 2),
+            ("image", 2, 4),
+        ]
+    # A completed group rerun trains nothing more and keeps the weights.
+    again = train_seed_group(cfg, killed, arm="xattn_scratch")
+    assert [r["resumed_from"] for r in again] == [{"text": 2, "image": 2}] * 2
+    assert _bits(dirs[1]) == _bits(tmp_path / "full1")
+    # Another grouping (or a per-seed run) of the same seed is refused, naming the group.
+    with pytest.raises(ResumeMismatchError, match=r"differing: seed_group"):
+        train_seed_group(cfg, killed[:1], arm="xattn_scratch")
+    with pytest.raises(ResumeMismatchError, match=r"differing: seed_group"):
+        run_training(cfg, run_dir=dirs[0], manifest_path=killed[0].manifest_path, arm="xattn_scratch")
+
+
+def test_group_resume_without_a_common_epoch_is_refused(small_manifest_factory, tmp_path):
+    cfg = _cfg(text_epoch=2, image_epoch=0, text_batch_size=2)
+    group = [SeedMember(s, tmp_path / f"grp{s}", small_manifest_factory(s, shot=2)) for s in (0, 1)]
+    train_seed_group(cfg, group, arm="baseline")
+    # Seed 0 keeps only text epoch 2, seed 1 only epoch 1: no epoch both can continue from.
+    (tmp_path / "grp0" / RESUME_DIR / f"text{PREVIOUS_SUFFIX}").unlink()
+    resume1 = tmp_path / "grp1" / RESUME_DIR
+    (resume1 / f"text{PREVIOUS_SUFFIX}").replace(resume1 / "text.pth")
+    with pytest.raises(
+        SeedGroupResumeError,
+        match=r"grp0/\.resume: seed 0 holds text resume state of epoch\(s\) \[2\], but the seed group "
+        r"\[0, 1\] continues after epoch 1",
+    ):
+        train_seed_group(cfg, group, arm="baseline")
+    records = train_seed_group(cfg, group, arm="baseline", restart=True)
+    assert [r["resumed_from"]["text"] for r in records] == [0, 0]
+    assert [r["steps_completed"]["text"] for r in records] == [4, 4]
+
+
+@pytest.mark.parametrize(
+    ("saved", "epochs", "expected"),
+    [
+        ([{}, {}], [2, 2], [0, 0]),  # fresh group
+        ([{1: "p", 2: "c"}, {1: "c"}], [3, 3], [1, 1]),  # seed 0 one epoch ahead
+        ([{2: "c"}, {2: "c"}], [2, 2], [2, 2]),  # completed
+        ([{1: "c"}, {1: "p", 2: "c"}], [1, 3], [1, 2]),  # seed 0 finished its shorter schedule
+        ([{1: "c"}, {2: "c", 3: "p"}], [1, 3], [1, 3]),  # both done
+        ([{3: "c"}, {}], [4, 4], [0, 0]),  # seed 1 saved nothing: back to the start
+    ],
+)
+def test_group_resume_epoch_is_the_last_epoch_every_unfinished_seed_completed(saved, epochs, expected):
+    assert group_resume_epoch(saved, epochs) == expected

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from workflow_helpers import (
     AGGREGATES,
+    ARMS,
     ROOT,
     TRAIN_RULES,
     copy_workflow,
@@ -146,3 +147,94 @@ def test_unknown_config_key_fails_before_planning(workdir):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "'trian' was unexpected" in output
+
+
+def _seed_batch_config(tmp_path: Path, seed_batch: int, name: str = "seed_batch.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"compute": {"seed_batch": seed_batch}}))
+    return str(path)
+
+
+def _job_blocks(output: str, rule: str) -> list[str]:
+    return [
+        b for b in re.split(r"\n(?=(?:local)?rule \w+:)", output) if re.match(rf"(?:local)?rule {rule}:", b)
+    ]
+
+
+def test_seed_batch_plans_one_job_per_seed_group_and_arm(workdir, default_config, tmp_path):
+    # 6 seeds in groups of 4, in config order: [0, 1, 2, 3] and [4, 5] (the last group is shorter).
+    seeds = default_config["study"]["seeds"]
+    assert len(seeds) == 6
+    result = snakemake(workdir, "-n", "--configfile", _seed_batch_config(tmp_path, 4))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = job_counts(output)
+    study = default_config["study"]
+    runs = len(seeds) * len(study["shots"])
+    groups = {f"train_group_{arm}_{k}": 1 for arm in ARMS for k in (1, 2)}
+    expected = {
+        "make_synthetic_dataset": len(default_config["datasets"]),
+        "fewshot_split": runs,
+        **groups,
+        "evaluate_synth_train": runs * len(ARMS),  # evaluation is per seed and run, unchanged
+        **{rule: 1 for rule in AGGREGATES},
+    }
+    assert counts == {**expected, "total": sum(expected.values())}
+    assert not set(TRAIN_RULES) & set(counts)
+    # The second from-base group: its seeds' manifests and baselines in, every seed's run files out.
+    (block,) = _job_blocks(output, "train_group_xattn_from_base_2")
+    inputs = re.search(r"input: (.*)", block).group(1).split(", ")
+    outputs = re.search(r"output: (.*)", block).group(1).split(", ")
+    run = "results/runs/synth_train/shot8"
+    assert sorted(inputs) == sorted(
+        [f"results/splits/synth_train/shot8/seed{s}.json" for s in (4, 5)]
+        + [
+            f"{run}/seed{s}/baseline/{f}"
+            for s in (4, 5)
+            for f in ("text_adapter.pth", "image_adapter.pth", "run.json")
+        ]
+    )
+    per_seed = ["text_adapter.pth", "image_adapter.pth", "run.json", "train_log.csv", "train.log"]
+    assert sorted(outputs) == sorted(f"{run}/seed{s}/xattn_from_base/{f}" for s in (4, 5) for f in per_seed)
+    assert "log: results/logs/train_group_xattn_from_base/synth_train/shot8/seeds4-5.log" in block
+    assert "benchmark: results/benchmarks/train_group_xattn_from_base/synth_train/shot8/seeds4-5.tsv" in block
+    assert "resources: tmpdir=" in block and "gpu=0" in block
+    (first,) = _job_blocks(output, "train_group_baseline_1")
+    assert re.search(r"input: (.*)", first).group(1).split(", ") == [
+        f"results/splits/synth_train/shot8/seed{s}.json" for s in (0, 1, 2, 3)
+    ]
+
+
+def test_seed_batch_covering_all_seeds_is_one_job_per_arm_and_lint_clean(workdir, tmp_path):
+    configfile = _seed_batch_config(tmp_path, 64)
+    result = snakemake(workdir, "-n", "--configfile", configfile)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = job_counts(output)
+    assert {rule: n for rule, n in counts.items() if rule.startswith("train_")} == {
+        f"train_group_{arm}_1": 1 for arm in ARMS
+    }
+    lint = snakemake(workdir, "--lint", "--configfile", configfile)
+    lint_output = lint.stdout + lint.stderr
+    assert lint.returncode == 0, lint_output
+    assert "Congratulations, your workflow is in a good condition!" in lint_output
+    assert "Lints for" not in lint_output
+
+
+def test_slurm_profile_gives_seed_group_jobs_a_gpu(workdir, tmp_path):
+    result = snakemake(
+        workdir, "--workflow-profile", "profiles/slurm", "-n", "--configfile", _seed_batch_config(tmp_path, 2)
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for arm in ARMS:
+        for k in (1, 2, 3):
+            (resources,) = job_resources(output, f"train_group_{arm}_{k}")
+            assert "gpu=1" in resources and "cpus_per_gpu=8" in resources and "runtime=2880" in resources
+
+
+def test_seed_batch_zero_fails_naming_the_key(workdir, tmp_path):
+    result = snakemake(workdir, "-n", "--configfile", _seed_batch_config(tmp_path, 0))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "0 is less than the minimum of 1" in output and "seed_batch" in output

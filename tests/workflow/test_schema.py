@@ -22,6 +22,8 @@ DATACLASSES = {
     "stats": ("aaclip_xattn.stats.config", "StatsConfig"),
     "compute": ("aaclip_xattn.train", "TrainConfig"),
 }
+# Keys the workflow itself reads (not dataclass fields), per section, with their defaults.
+WORKFLOW_KEYS = {"compute": {"seed_batch": 1}}
 # Objects whose keys are another component's field names, validated there (ModelConfig options).
 OPEN_OBJECTS = {"properties.train.properties.model_options"}
 
@@ -68,6 +70,7 @@ def test_default_config_is_the_embedded_study():
     cfg = validated(load("config.yaml"))
     assert cfg["backbone"]["name"] == "tiny"
     assert cfg["compute"]["device"] == "cpu"
+    assert cfg["compute"]["seed_batch"] == 1  # per-seed jobs: seed-batching gains nothing on CPU
     datasets = {d["name"]: d for d in cfg["datasets"]}
     assert set(datasets) == {"synth_train", "synth_test"}
     assert all("synthetic" in d and "root" not in d for d in datasets.values())
@@ -133,6 +136,8 @@ def test_unknown_top_level_section_fails_naming_it():
         ("compute", "device", "tpu", r"'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
         ("stats", "primary_metric", "accuracy", r"'accuracy' is not one of"),
         ("evaluate", "aupro_fpr_limit", 0.0, r"0\.0 is less than or equal to the minimum of 0"),
+        ("compute", "seed_batch", 0, r"0 is less than the minimum of 1"),
+        ("compute", "seed_batch", 2.5, r"2\.5 is not of type 'integer'"),
     ],
 )
 def test_bad_value_fails_naming_value_and_allowed_set(section, key, value, message):
@@ -169,7 +174,7 @@ def test_missing_sections_take_the_defaults():
     assert cfg["train"]["text_epoch"] is None
     assert cfg["evaluate"]["aupro_fpr_limit"] == 0.3
     assert cfg["stats"]["primary_metric"] == "image_auroc"
-    assert cfg["compute"] == {"device": "auto", "amp": False}
+    assert cfg["compute"] == {"device": "auto", "amp": False, "seed_batch": 1}
 
 
 def _plain(value):
@@ -190,7 +195,9 @@ def test_schema_defaults_equal_dataclass_defaults(schema, section):
     except (ImportError, AttributeError):
         pytest.skip(f"{module_name}.{class_name} not available yet")
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-    properties = schema["properties"][section]["properties"]
+    properties = dict(schema["properties"][section]["properties"])
+    for key, default in WORKFLOW_KEYS.get(section, {}).items():
+        assert properties.pop(key)["default"] == default, f"{section}.{key}"
     unknown = sorted(set(properties) - set(fields))
     assert not unknown, f"schema section {section!r} has keys {cls.__name__} does not accept: {unknown}"
     for key, prop in properties.items():

@@ -8,6 +8,7 @@ invocation does nothing, and that adding a seed plans exactly that seed's jobs p
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import subprocess
@@ -187,3 +188,48 @@ def test_adding_a_seed_plans_only_that_seed_and_the_aggregates(study):
     assert counts == {**expected, "total": sum(expected.values())}
     per_run = re.findall(r"wildcards: dataset=synth_train, shotdir=shot8, seed=(\d+)", output)
     assert per_run and set(per_run) == {"2"}
+
+
+def test_seed_batched_training_writes_every_seeds_run_files(tmp_path):
+    # compute.seed_batch 2 with seeds [0, 1]: one group job per arm trains both seeds, writing the same
+    # per-seed files as the per-seed jobs; the from-base group reads each seed's own baseline.
+    workdir = copy_workflow(tmp_path / "seed_batched")
+    cfg = reduced_config([0, 1])
+    cfg["compute"]["seed_batch"] = 2
+    (workdir / "config" / "test.yaml").write_text(yaml.safe_dump(cfg))
+    run = workdir / "results" / "runs" / "synth_train" / "shot8"
+    targets = [f"results/runs/synth_train/shot8/seed{s}/xattn_from_base/run.json" for s in (0, 1)]
+    output = snakemake(workdir, "--resources", "gpu=1", "--cores", "all", *targets)
+    assert "train_group_baseline_1" in output and "train_group_xattn_from_base_1" in output
+    for seed in (0, 1):
+        for arm in ("baseline", "xattn_from_base"):
+            record = json.loads((run / f"seed{seed}" / arm / "run.json").read_text())
+            assert (record["arm"], record["seed"], record["status"]) == (arm, seed, "completed")
+            assert record["seed_batched"] == {"seeds": [0, 1], "group_size": 2}
+            for name in ["text_adapter.pth", "image_adapter.pth", "train_log.csv", "train.log"]:
+                assert (run / f"seed{seed}" / arm / name).stat().st_size > 0
+        loaded = {c["role"]: c for c in record["loaded_checkpoints"]}
+        base = run / f"seed{seed}" / "baseline"
+        assert loaded["base_text_adapter"]["path"] == str(
+            Path("results/runs/synth_train/shot8") / f"seed{seed}" / "baseline" / "text_adapter.pth"
+        )
+        assert (
+            loaded["base_image_adapter"]["sha256"]
+            == hashlib.sha256((base / "image_adapter.pth").read_bytes()).hexdigest()
+        )
+    for arm in ("baseline", "xattn_from_base"):
+        assert (
+            workdir / "results" / "logs" / f"train_group_{arm}" / "synth_train" / "shot8" / "seeds0-1.log"
+        ).is_file()
+        bench = (
+            workdir
+            / "results"
+            / "benchmarks"
+            / f"train_group_{arm}"
+            / "synth_train"
+            / "shot8"
+            / "seeds0-1.tsv"
+        )
+        assert bench.stat().st_size > 0
+    again = snakemake(workdir, "--resources", "gpu=1", "--cores", "all", *targets)
+    assert "Nothing to be done" in again

@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_PARTS = ["Snakefile", "workflow", "config", "profiles", "envs"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TRAIN_RULES = ["train_baseline", "train_xattn_from_base", "train_xattn_scratch", "train_baseline_continued"]
+ARMS = ["baseline", "xattn_from_base", "xattn_scratch", "baseline_continued"]
+TRAIN_RULES = [f"train_{arm}" for arm in ARMS]
 AGGREGATES = [
     "write_expected_runs",
     "collect_metrics",

@@ -70,6 +70,10 @@ SHOTDIRS = [f"shot{k}" for k in config["study"]["shots"] if "few_shot" in config
 SHOTDIRS += ["full"] if "full_shot" in config["study"]["training_mode"] else []
 SEEDS = config["study"]["seeds"]
 ARMS = config["study"]["arms"]
+# compute.seed_batch > 1: the seeds of an arm train in groups of this many, one job per group
+# (aaclip_xattn.train.seed_batched), writing the same per-seed files as the per-seed train_<arm> jobs.
+SEED_BATCH = config["compute"]["seed_batch"]
+SEED_GROUPS = [SEEDS[i : i + SEED_BATCH] for i in range(0, len(SEEDS), SEED_BATCH)]
 
 
 def _alternation(values):
@@ -177,6 +181,37 @@ def get_run_files(wildcards):
     return {key: f"{run}/{name}" for key, name in RUN_INPUTS.items()}
 
 
+def seed_group_id(seeds):
+    """Return the file-name id of a seed group: ``seeds0-1-2`` (its seeds in config order)."""
+    return "seeds" + "-".join(str(seed) for seed in seeds)
+
+
+def get_group_inputs(arm, seeds):
+    """Return the input function of a seed group's job: every seed's manifest (+ its baseline files).
+
+    Lists keep the group's seed order; the from-base arms also need each seed's baseline files.
+    """
+
+    def inputs(wildcards):
+        prefix = f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.shotdir}"
+        out = {
+            "manifests": [
+                f"{RESULTS}/splits/{wildcards.dataset}/{wildcards.shotdir}/seed{seed}.json" for seed in seeds
+            ]
+        }
+        if arm in FROM_BASE_ARMS:
+            for key, name in RUN_INPUTS.items():
+                out[f"base_{key}"] = [f"{prefix}/seed{seed}/baseline/{name}" for seed in seeds]
+        return out
+
+    return inputs
+
+
+def get_group_outputs(arm, seeds, name):
+    """Return a seed group's output paths of one run file (``{dataset}``/``{shotdir}`` left as wildcards)."""
+    return [f"{RESULTS}/runs/{{dataset}}/{{shotdir}}/seed{seed}/{arm}/{name}" for seed in seeds]
+
+
 def _study_keys():
     """Yield (train_dataset, shotdir, seed, arm) for every planned run."""
     for train_dataset in TEST_DATASETS:
@@ -230,8 +265,26 @@ def get_benchmark_records():
     for ds, sd, s, arm in _study_keys():
         keys = {"train_dataset": ds, "shot": sd.removeprefix("shot"), "seed": s, "arm": arm}
         tail = f"{ds}/{sd}/seed{s}/{arm}.tsv"
-        records.append({"rule": f"train_{arm}", "path": f"{RESULTS}/benchmarks/train_{arm}/{tail}", **keys})
+        if SEED_BATCH == 1:
+            records.append({"rule": f"train_{arm}", "path": f"{RESULTS}/benchmarks/train_{arm}/{tail}", **keys})
         records.append({"rule": "evaluate", "path": f"{RESULTS}/benchmarks/evaluate/{tail}", **keys})
+    if SEED_BATCH > 1:
+        # One training benchmark per seed group; its `seed` column names the group (`0-1-2`).
+        for ds in TEST_DATASETS:
+            for sd in SHOTDIRS:
+                for arm in ARMS:
+                    for seeds in SEED_GROUPS:
+                        group = seed_group_id(seeds)
+                        records.append(
+                            {
+                                "rule": f"train_group_{arm}",
+                                "path": f"{RESULTS}/benchmarks/train_group_{arm}/{ds}/{sd}/{group}.tsv",
+                                "train_dataset": ds,
+                                "shot": sd.removeprefix("shot"),
+                                "seed": group.removeprefix("seeds"),
+                                "arm": arm,
+                            }
+                        )
     return records
 
 

@@ -21,8 +21,17 @@ Two subtleties are handled so that the equivalence is exact in arithmetic (equal
 
 Outputs are the per-seed files of ``run_training`` (``text_adapter.pth``, ``image_adapter.pth``,
 ``run.json``, ``train_log.csv``, ``train.log``) in each seed's run directory; ``run.json`` also records
-the group (``seed_batched``) and the resolved fast paths (``perf``). Resume is per group and not
-supported: an interrupted group is rerun from the start.
+the group (``seed_batched``) and the resolved fast paths (``perf``).
+
+Resume: every seed keeps ``run_training``'s resume state in its own ``run_dir/.resume/``
+(``identity.json``, ``text.pth``, ``image.pth``, written after every epoch), plus the previous epoch's
+state (``text.prev.pth``, ``image.prev.pth``): the seeds are saved one after another, so a group killed
+while saving has some seeds one epoch ahead. A rerun of the same group continues **all** seeds after
+the last epoch that every seed completed (a seed that is ahead is restored from its previous state), so
+the group steps exactly as an uninterrupted run did and kill + rerun gives bit-identical weights on CPU.
+The identity adds the group's seeds (``seed_group``): resume state of another grouping, or of a
+per-seed ``run_training`` run, is refused naming the differing keys (``restart=True`` discards it),
+because a different grouping rounds differently.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +78,13 @@ from aaclip_xattn.train.stage1 import (
 from aaclip_xattn.train.stage2 import TextState, build_image_optimizer, compute_text_state
 
 __all__ = [
+    "PREVIOUS_SUFFIX",
+    "SeedGroupResumeError",
     "SeedMember",
     "grouped_condition_anchors",
     "grouped_encode_image",
     "grouped_text_anchors",
+    "group_resume_epoch",
     "resolve_train_perf",
     "stacked_apply",
     "stage1_total_loss",
@@ -80,6 +93,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Suffix of the previous epoch's resume state next to ``.resume/{text,image}.pth``.
+PREVIOUS_SUFFIX: Final = ".prev.pth"
+
+
+class SeedGroupResumeError(ValueError):
+    """The seeds of a group hold resume states that no common epoch can continue."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +344,7 @@ class _State:
     scheduler: Any = None
     text_state: TextState | None = None
     cache: dict[int, list[torch.Tensor]] | None = None
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def train_seed_group(
@@ -333,8 +354,12 @@ def train_seed_group(
     arm: str,
     progress: bool = False,
     perf: PerfConfig | None = None,
+    restart: bool = False,
 ) -> list[dict[str, Any]]:
     """Train several seeds of one arm together and write each seed's ``run_training`` outputs.
+
+    Rerunning an interrupted group with the same arguments continues it after the last epoch that every
+    seed completed (see the module docstring).
 
     Args:
         cfg: The training configuration shared by the group; its ``seed`` is replaced by each member's.
@@ -343,12 +368,16 @@ def train_seed_group(
         progress: Show a tqdm bar over the steps of each epoch.
         perf: Fast-path settings; default ``resolve_perf`` for the device (``cfg.perf`` and
             ``cfg.reproduce_reference`` when present).
+        restart: Discard resume state of another configuration or grouping instead of raising.
 
     Returns:
         The run records (``run.json`` contents), in member order.
 
     Raises:
         ValueError: No members, repeated seeds or run directories, a bad arm or base paths.
+        aaclip_xattn.train.runner.ResumeMismatchError: A seed's ``.resume/`` holds state of another
+            configuration or group (the differing keys are named).
+        SeedGroupResumeError: The seeds' resume states share no epoch to continue from.
         aaclip_xattn.errors.NonFiniteLossError: A seed's loss is NaN/inf (every member's ``run.json``
             is written with ``status: "failed"``).
     """
@@ -373,7 +402,7 @@ def train_seed_group(
         handlers.append(_attach_log_file(Path(member.run_dir) / "train.log"))
     try:
         with backend_settings(perf, device):
-            return _train_group(cfg, members, spec, device, perf, progress)
+            return _train_group(cfg, members, spec, device, perf, progress, restart)
     finally:
         package_logger = logging.getLogger("aaclip_xattn")
         for handler, level in reversed(handlers):
@@ -393,6 +422,7 @@ def _build_states(
     from aaclip_xattn.checkpoint import verify_weight_loading
     from aaclip_xattn.data import read_manifest
     from aaclip_xattn.train.runner import (
+        _NOT_IDENTITY,
         _base_paths,
         _build_model,
         _fingerprints,
@@ -457,6 +487,14 @@ def _build_states(
         state.record["seed_batched"] = {"seeds": [m.seed for m in members], "group_size": len(members)}
         state.record["perf"] = perf.to_dict()
         state.record["_schedule"] = schedule
+        state.identity = {
+            "arm": spec.name,
+            "seed": member_cfg.seed,
+            "hyperparameters": {k: v for k, v in hyper.items() if k not in _NOT_IDENTITY},
+            "manifest_sha256": manifest.sha256,
+            "base_sha256": {c["role"]: c["sha256"] for c in bases.checkpoints},
+            "seed_group": [m.seed for m in members],
+        }
     return states
 
 
@@ -528,10 +566,13 @@ def _train_group(
     device: torch.device,
     perf: PerfConfig,
     progress: bool,
+    restart: bool,
 ) -> list[dict[str, Any]]:
     from aaclip_xattn.train.runner import (
+        RESUME_DIR,
         _after_epoch,
         _carry_optimizer,
+        _check_identity,
         _freeze_text_side,
         _save_final,
         _save_kept_epoch,
@@ -541,6 +582,8 @@ def _train_group(
     )
 
     states = _build_states(cfg, members, spec, device, perf)
+    for state in states:
+        _check_identity(Path(state.member.run_dir) / RESUME_DIR, state.identity, restart)
     with_xattn = spec.kind == "xattn"
     models = [s.model for s in states]
     first = models[0]
@@ -578,14 +621,17 @@ def _train_group(
                     state.text_opt,
                     source=state.text_path,
                 )
+        text_epochs = [int(s["text_epoch"]) for s in schedules]
+        text_done = _restore_group(states, "text", text_epochs, device)
         exact_cache = is_feature_cache_exact(cfg.vv_axis, cfg.augment, cfg.noise_aug)
         datasets1 = []
         for state in states:
             state.cache = {} if exact_cache else None
             state.record["feature_cache"] = exact_cache
             datasets1.append(_stage_dataset(state.cfg, state.samples, first.image_size, stage=1))
-        for epoch, running in _epochs_running([int(s["text_epoch"]) for s in schedules]):
+        for epoch, running in _epochs_running(text_epochs, start=text_done):
             run_epoch(running, datasets1, epoch, stage="text")
+            _save_group_resume(states, running, "text", epoch + 1)
         for state in states:
             _save_final(
                 Path(state.member.run_dir),
@@ -623,8 +669,10 @@ def _train_group(
                     source=state.image_path,
                 )
             datasets2.append(_stage_dataset(state.cfg, state.samples, first.image_size, stage=2))
+        image_epochs = [int(s["image_epoch"]) for s in schedules]
+        image_done = _restore_group(states, "image", image_epochs, device)
         keep_epoch = cfg.evaluated_epoch()
-        for epoch, running in _epochs_running([int(s["image_epoch"]) for s in schedules]):
+        for epoch, running in _epochs_running(image_epochs, start=image_done):
             run_epoch(running, datasets2, epoch, stage="image")
             for index in running:
                 state = states[index]
@@ -637,6 +685,7 @@ def _train_group(
                     keep_epoch,
                     arm=spec.name,
                 )
+            _save_group_resume(states, running, "image", epoch + 1)
         for state in states:
             _save_final(
                 Path(state.member.run_dir),
@@ -663,10 +712,101 @@ def _train_group(
     return records
 
 
-def _epochs_running(epochs: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
-    """Yield ``(epoch, running)`` up to the longest schedule; ``running``: the seeds with that epoch left."""
-    for epoch in range(max(epochs, default=0)):
+def _epochs_running(epochs: Sequence[int], *, start: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """Yield ``(epoch, running)`` from ``start`` up to the longest schedule; ``running``: the seeds with that epoch left."""
+    for epoch in range(start, max(epochs, default=0)):
         yield epoch, [i for i, n in enumerate(epochs) if epoch < n]
+
+
+# --------------------------------------------------------------------------------------------------
+# Group resume
+# --------------------------------------------------------------------------------------------------
+
+
+def _resume_paths(state: _State, stage: str) -> tuple[Path, Path]:
+    """The seed's current and previous resume files of ``stage`` (``.resume/{stage}.pth``, ``.prev.pth``)."""
+    from aaclip_xattn.train.runner import RESUME_DIR
+
+    folder = Path(state.member.run_dir) / RESUME_DIR
+    return folder / f"{stage}.pth", folder / f"{stage}{PREVIOUS_SUFFIX}"
+
+
+def _saved_epochs(state: _State, stage: str) -> dict[int, Path]:
+    """Return ``{epoch: path}`` of the seed's resume files of ``stage`` (current and previous)."""
+    from aaclip_xattn.checkpoint import load_checkpoint_file
+
+    saved: dict[int, Path] = {}
+    for path in reversed(_resume_paths(state, stage)):  # the current file wins on equal epochs
+        if path.is_file():
+            content = load_checkpoint_file(path, expect_key=f"{stage}_adapter", map_location="cpu")
+            saved[int(content["epoch"])] = path
+    return saved
+
+
+def group_resume_epoch(saved: Sequence[Mapping[int, Any]], epochs: Sequence[int]) -> list[int]:
+    """Return the epoch each seed continues after: the last epoch that every unfinished seed completed.
+
+    Args:
+        saved: Per seed, the epochs its resume files hold (mapping keys).
+        epochs: Per seed, the stage's number of epochs.
+
+    Returns:
+        Per seed, ``min(target, epochs[i])``, where ``target`` is the smallest latest saved epoch of the
+        seeds that have epochs left (their schedule's length when every seed is done).
+    """
+    latest = [max(s, default=0) for s in saved]
+    unfinished = [last for last, n in zip(latest, epochs, strict=True) if last < n]
+    target = min(unfinished) if unfinished else max(epochs, default=0)
+    return [min(target, n) for n in epochs]
+
+
+def _restore_group(states: Sequence[_State], stage: str, epochs: Sequence[int], device: torch.device) -> int:
+    """Restore every seed of the group to the common resume epoch of ``stage``; return that epoch.
+
+    Raises:
+        SeedGroupResumeError: A seed holds no state of the epoch the group continues after.
+    """
+    from aaclip_xattn.train.runner import _apply_progress, _restore
+
+    saved = [_saved_epochs(state, stage) for state in states]
+    resume = group_resume_epoch(saved, epochs)
+    for state, have, epoch in zip(states, saved, resume, strict=True):
+        if epoch and epoch not in have:
+            folder = _resume_paths(state, stage)[0].parent
+            raise SeedGroupResumeError(
+                f"{folder}: seed {state.cfg.seed} holds {stage} resume state of epoch(s) "
+                f"{sorted(have) or 'none'}, but the seed group {[s.cfg.seed for s in states]} continues "
+                f"after epoch {epoch}; restart the group from scratch (restart=True) or delete the "
+                "seeds' .resume/ folders"
+            )
+        state.record["resumed_from"][stage] = epoch
+        if not epoch:
+            continue
+        optimizer = state.text_opt if stage == "text" else state.image_opt
+        scheduler = None if stage == "text" else state.scheduler
+        _, progress = _restore(have[epoch], state.model, optimizer, scheduler, stage, device)
+        _apply_progress(state.record, state.log_rows, stage, progress)
+    # The first epoch the group runs: seeds with a shorter schedule that are done sit below it.
+    done = max(resume, default=0)
+    if any(resume):
+        logger.info(
+            "seed group %s resumes stage %s after epoch(s) %s", [s.cfg.seed for s in states], stage, resume
+        )
+    return done
+
+
+def _save_group_resume(states: Sequence[_State], running: Sequence[int], stage: str, epoch: int) -> None:
+    """Write the running seeds' resume state of ``stage`` after ``epoch``, keeping each one's previous state."""
+    from aaclip_xattn.train.runner import _save_resume
+
+    for index in running:
+        state = states[index]
+        current, previous = _resume_paths(state, stage)
+        if current.is_file():
+            os.replace(current, previous)
+        optimizer = state.text_opt if stage == "text" else state.image_opt
+        scheduler = None if stage == "text" else state.scheduler
+        _save_resume(current, stage, state.model, optimizer, scheduler, epoch, state.record, state.log_rows)
 
 
 def _run_epoch(

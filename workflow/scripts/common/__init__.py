@@ -15,6 +15,7 @@ __all__ = [
     "BENCHMARK_KEYS",
     "build_synthetic_config",
     "collect_benchmarks",
+    "run_seed_group_job",
     "run_train_job",
 ]
 
@@ -75,6 +76,53 @@ def run_train_job(smk: Any, arm: str) -> None:
         seed_everything(seed)
         cfg = TrainConfig.from_mapping({**smk.params.train, "seed": seed}, source="config.yaml: train")
         run_training(cfg, run_dir=run_dir, manifest_path=Path(smk.input.manifest), arm=arm, base_dir=base_dir)
+
+
+def run_seed_group_job(smk: Any) -> None:
+    """Train the seeds of one ``train_group_<arm>_<k>`` job together (``train_seed_group``).
+
+    The seeds come from ``params.seeds``; every seed's run directory is the parent of its ``run.json``
+    output, its manifest the matching ``manifests`` input and, for the from-base arms, its baseline
+    directory the parent of the matching ``base_run`` input (all lists in the group's seed order).
+
+    Args:
+        smk: The ``snakemake`` object of a ``train_group_<arm>_<k>`` rule (``params.arm``,
+            ``params.seeds``, ``params.train``).
+    """
+    from aaclip_xattn.devices import gpu_slot
+    from aaclip_xattn.logs import configure_logging
+    from aaclip_xattn.seeding import seed_everything
+
+    configure_logging(smk.log[0])
+    seeds = [int(seed) for seed in smk.params.seeds]
+    records = list(smk.output.record)
+    manifests = list(smk.input.manifests)
+    bases = list(smk.input.base_run) if "base_run" in smk.input.keys() else [None] * len(seeds)
+    if not len(seeds) == len(records) == len(manifests) == len(bases):
+        raise ValueError(
+            f"rule {smk.rule}: params.seeds ({len(seeds)}), output.record ({len(records)}), "
+            f"input.manifests ({len(manifests)}) and input.base_run ({len(bases)}) must list one entry per seed"
+        )
+    members = [
+        {
+            "seed": seed,
+            "run_dir": str(Path(record).parent),
+            "manifest_path": manifest,
+            "base_dir": None if base is None else str(Path(base).parent),
+        }
+        for seed, record, manifest, base in zip(seeds, records, manifests, bases, strict=True)
+    ]
+    with gpu_slot(smk.params.train["device"]):
+        # Import after the slot is taken: CUDA_VISIBLE_DEVICES must be set before CUDA initialises.
+        from aaclip_xattn.train import TrainConfig
+        from aaclip_xattn.train.seed_batched import SeedMember, train_seed_group
+
+        # The group's processes seed the global RNGs with their first seed (training itself draws only
+        # from per-seed streams, so this affects nothing a seed's result depends on).
+        seed_everything(seeds[0])
+        cfg = TrainConfig.from_mapping({**smk.params.train, "seed": seeds[0]}, source="config.yaml: train")
+        group = [SeedMember.from_mapping(m, source=f"rule {smk.rule}: seed member") for m in members]
+        train_seed_group(cfg, group, arm=smk.params.arm)
 
 
 def collect_benchmarks(records: Sequence[Mapping[str, Any]], out_csv: str | Path) -> Path:

@@ -22,9 +22,9 @@ include: "workflow/rules/stats.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True
     localrule: True
 
 
@@ -51,10 +51,10 @@ rule report:
         ),
     log:
         "results/logs/report/report.log",
-    params:
-        stats=config["stats"],
     localrule: True
     conda:
         "envs/aaclip.yaml"
+    params:
+        stats=config["stats"],
     script:
         "workflow/scripts/report.py"

@@ -8,7 +8,11 @@ from pathlib import Path
 RESULTS = "results"
 FROM_BASE_ARMS = ("xattn_from_base", "baseline_continued")
 # Files of a run that its evaluation reads (named inputs of the evaluate_* rules).
-RUN_INPUTS = {"text_adapter": "text_adapter.pth", "image_adapter": "image_adapter.pth", "run": "run.json"}
+RUN_INPUTS = {
+    "text_adapter": "text_adapter.pth",
+    "image_adapter": "image_adapter.pth",
+    "run": "run.json",
+}
 # Placeholder roots in config/paper.yaml start with this; they fail with a pointer to the key to edit.
 PLACEHOLDER_PREFIX = "/path/to/"
 
@@ -18,18 +22,28 @@ def _config_problems(cfg):
     problems = []
     names = [d["name"] for d in cfg["datasets"]]
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"datasets: name {dup!r} is used more than once; names must be unique")
+        problems.append(
+            f"datasets: name {dup!r} is used more than once; names must be unique"
+        )
     for i, spec in enumerate(cfg["datasets"]):
         root = spec.get("root")
         if root is not None:
-            hint = " (a placeholder: set it to your copy of the dataset)" if root.startswith(PLACEHOLDER_PREFIX) else ""
+            hint = (
+                " (a placeholder: set it to your copy of the dataset)"
+                if root.startswith(PLACEHOLDER_PREFIX)
+                else ""
+            )
             if not Path(root).is_dir():
                 problems.append(
                     f"datasets[{i}].root (dataset {spec['name']!r}): directory {root!r} does not exist{hint}"
                 )
     weights = cfg["backbone"]["weights"]
     if weights is not None and not Path(weights).is_file():
-        hint = " (a placeholder: point it at the downloaded weights file)" if weights.startswith(PLACEHOLDER_PREFIX) else ""
+        hint = (
+            " (a placeholder: point it at the downloaded weights file)"
+            if weights.startswith(PLACEHOLDER_PREFIX)
+            else ""
+        )
         problems.append(f"backbone.weights: file {weights!r} does not exist{hint}")
     descriptions = cfg["train"]["descriptions"]
     if descriptions is not None and not Path(descriptions).is_file():
@@ -46,13 +60,17 @@ def _config_problems(cfg):
     study = cfg["study"]
     arms = study["arms"]
     if any(arm in arms for arm in FROM_BASE_ARMS) and "baseline" not in arms:
-        problems.append("study.arms: xattn_from_base and baseline_continued start from `baseline`; list it too")
+        problems.append(
+            "study.arms: xattn_from_base and baseline_continued start from `baseline`; list it too"
+        )
     if "few_shot" in study["training_mode"] and not study["shots"]:
         problems.append("study.shots: few_shot training needs at least one shot")
     for i, pair in enumerate(cfg["stats"]["comparisons"]):
         for arm in pair:
             if arm not in arms:
-                problems.append(f"stats.comparisons[{i}]: arm {arm!r} is not in study.arms ({', '.join(arms)})")
+                problems.append(
+                    f"stats.comparisons[{i}]: arm {arm!r} is not in study.arms ({', '.join(arms)})"
+                )
     return problems
 
 
@@ -65,8 +83,14 @@ if _problems:
 DATASETS = {d["name"]: d for d in config["datasets"]}
 SYNTHETIC = [name for name, d in DATASETS.items() if "synthetic" in d]
 REAL = [name for name, d in DATASETS.items() if "root" in d]
-TEST_DATASETS = {entry["name"]: entry["test_datasets"] for entry in config["study"]["train_datasets"]}
-SHOTDIRS = [f"shot{k}" for k in config["study"]["shots"] if "few_shot" in config["study"]["training_mode"]]
+TEST_DATASETS = {
+    entry["name"]: entry["test_datasets"] for entry in config["study"]["train_datasets"]
+}
+SHOTDIRS = [
+    f"shot{k}"
+    for k in config["study"]["shots"]
+    if "few_shot" in config["study"]["training_mode"]
+]
 SHOTDIRS += ["full"] if "full_shot" in config["study"]["training_mode"] else []
 SEEDS = config["study"]["seeds"]
 ARMS = config["study"]["arms"]
@@ -101,9 +125,12 @@ def _gpu_visible():
 # claim serialises every training/evaluation job; on the CPU-only default study that would forbid
 # running two 1-thread jobs side by side and push the study past its 5-minute budget. The SLURM profile
 # sets gpu=1 per rule explicitly (`set-resources`), which overrides this value.
-GPU_PER_JOB = 1 if config["compute"]["device"] == "cuda" or (
-    config["compute"]["device"] == "auto" and _gpu_visible()
-) else 0
+GPU_PER_JOB = (
+    1
+    if config["compute"]["device"] == "cuda"
+    or (config["compute"]["device"] == "auto" and _gpu_visible())
+    else 0
+)
 
 
 def get_dataset_spec(name):
@@ -172,7 +199,9 @@ def get_test_specs(train_dataset):
 
 def get_test_summaries(train_dataset):
     """Return the dataset check files of a training dataset's test datasets."""
-    return [f"{RESULTS}/data/{name}.summary.csv" for name in TEST_DATASETS[train_dataset]]
+    return [
+        f"{RESULTS}/data/{name}.summary.csv" for name in TEST_DATASETS[train_dataset]
+    ]
 
 
 def get_run_files(wildcards):
@@ -196,12 +225,15 @@ def get_group_inputs(arm, seeds):
         prefix = f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.shotdir}"
         out = {
             "manifests": [
-                f"{RESULTS}/splits/{wildcards.dataset}/{wildcards.shotdir}/seed{seed}.json" for seed in seeds
+                f"{RESULTS}/splits/{wildcards.dataset}/{wildcards.shotdir}/seed{seed}.json"
+                for seed in seeds
             ]
         }
         if arm in FROM_BASE_ARMS:
             for key, name in RUN_INPUTS.items():
-                out[f"base_{key}"] = [f"{prefix}/seed{seed}/baseline/{name}" for seed in seeds]
+                out[f"base_{key}"] = [
+                    f"{prefix}/seed{seed}/baseline/{name}" for seed in seeds
+                ]
         return out
 
     return inputs
@@ -209,7 +241,10 @@ def get_group_inputs(arm, seeds):
 
 def get_group_outputs(arm, seeds, name):
     """Return a seed group's output paths of one run file (``{dataset}``/``{shotdir}`` left as wildcards)."""
-    return [f"{RESULTS}/runs/{{dataset}}/{{shotdir}}/seed{seed}/{arm}/{name}" for seed in seeds]
+    return [
+        f"{RESULTS}/runs/{{dataset}}/{{shotdir}}/seed{seed}/{arm}/{name}"
+        for seed in seeds
+    ]
 
 
 def _study_keys():
@@ -237,7 +272,10 @@ def get_expected_runs():
 
 def get_run_records():
     """Return every planned run's run.json."""
-    return [f"{RESULTS}/runs/{ds}/{sd}/seed{s}/{arm}/run.json" for ds, sd, s, arm in _study_keys()]
+    return [
+        f"{RESULTS}/runs/{ds}/{sd}/seed{s}/{arm}/run.json"
+        for ds, sd, s, arm in _study_keys()
+    ]
 
 
 def get_eval_tables(ext="csv"):
@@ -256,18 +294,40 @@ def get_eval_sidecars():
 
 def get_splits():
     """Return every planned few-shot manifest."""
-    return [f"{RESULTS}/splits/{ds}/{sd}/seed{s}.json" for ds in TEST_DATASETS for sd in SHOTDIRS for s in SEEDS]
+    return [
+        f"{RESULTS}/splits/{ds}/{sd}/seed{s}.json"
+        for ds in TEST_DATASETS
+        for sd in SHOTDIRS
+        for s in SEEDS
+    ]
 
 
 def get_benchmark_records():
     """Return one record per training/evaluation benchmark file, with its wildcard values."""
     records = []
     for ds, sd, s, arm in _study_keys():
-        keys = {"train_dataset": ds, "shot": sd.removeprefix("shot"), "seed": s, "arm": arm}
+        keys = {
+            "train_dataset": ds,
+            "shot": sd.removeprefix("shot"),
+            "seed": s,
+            "arm": arm,
+        }
         tail = f"{ds}/{sd}/seed{s}/{arm}.tsv"
         if SEED_BATCH == 1:
-            records.append({"rule": f"train_{arm}", "path": f"{RESULTS}/benchmarks/train_{arm}/{tail}", **keys})
-        records.append({"rule": "evaluate", "path": f"{RESULTS}/benchmarks/evaluate/{tail}", **keys})
+            records.append(
+                {
+                    "rule": f"train_{arm}",
+                    "path": f"{RESULTS}/benchmarks/train_{arm}/{tail}",
+                    **keys,
+                }
+            )
+        records.append(
+            {
+                "rule": "evaluate",
+                "path": f"{RESULTS}/benchmarks/evaluate/{tail}",
+                **keys,
+            }
+        )
     if SEED_BATCH > 1:
         # One training benchmark per seed group; its `seed` column names the group (`0-1-2`).
         for ds in TEST_DATASETS:

@@ -7,14 +7,14 @@ rule make_synthetic_dataset:
         summary="results/data/{dataset}.summary.csv",
     log:
         "results/logs/make_synthetic_dataset/{dataset}.log",
+    wildcard_constraints:
+        dataset=_alternation(SYNTHETIC),
+    conda:
+        "../../envs/aaclip.yaml"
+    threads: 1
     params:
         synthetic=get_synthetic_spec,
         dataset=get_dataset_params,
-    threads: 1
-    conda:
-        "../../envs/aaclip.yaml"
-    wildcard_constraints:
-        dataset=_alternation(SYNTHETIC),
     script:
         "../scripts/make_synthetic_dataset.py"
 
@@ -24,13 +24,13 @@ rule check_dataset:
         summary="results/data/{dataset}.summary.csv",
     log:
         "results/logs/check_dataset/{dataset}.log",
-    params:
-        dataset=get_dataset_params,
-    threads: 1
-    conda:
-        "../../envs/aaclip.yaml"
     wildcard_constraints:
         dataset=_alternation(REAL),
+    conda:
+        "../../envs/aaclip.yaml"
+    threads: 1
+    params:
+        dataset=get_dataset_params,
     script:
         "../scripts/check_dataset.py"
 
@@ -42,11 +42,11 @@ rule fewshot_split:
         manifest="results/splits/{dataset}/{shotdir}/seed{seed}.json",
     log:
         "results/logs/fewshot_split/{dataset}/{shotdir}/seed{seed}.log",
+    conda:
+        "../../envs/aaclip.yaml"
+    threads: 1
     params:
         dataset=get_dataset_params,
         split=get_split_params,
-    threads: 1
-    conda:
-        "../../envs/aaclip.yaml"
     script:
         "../scripts/fewshot_split.py"

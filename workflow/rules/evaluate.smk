@@ -18,26 +18,32 @@ for _train_dataset, _tests in TEST_DATASETS.items():
                     caption="../report/eval_table.rst",
                     category="Evaluation",
                     subcategory="{dataset}",
-                    labels={"test": test, "shot": "{shotdir}", "seed": "{seed}", "arm": "{arm}"},
+                    labels={
+                        "test": test,
+                        "shot": "{shotdir}",
+                        "seed": "{seed}",
+                        "arm": "{arm}",
+                    },
                 )
                 for test in _tests
             ],
             sidecars=expand(
-                "results/eval/{{dataset}}/{{shotdir}}/seed{{seed}}/{{arm}}/{test}.json", test=_tests
+                "results/eval/{{dataset}}/{{shotdir}}/seed{{seed}}/{{arm}}/{test}.json",
+                test=_tests,
             ),
         log:
             "results/logs/evaluate/{dataset}/{shotdir}/seed{seed}/{arm}.log",
         benchmark:
             "results/benchmarks/evaluate/{dataset}/{shotdir}/seed{seed}/{arm}.tsv"
-        params:
-            evaluate=get_eval_settings(),
-            test_datasets=get_test_specs(_train_dataset),
+        wildcard_constraints:
+            dataset=re.escape(_train_dataset),
+        conda:
+            "../../envs/aaclip.yaml"
         threads: 1
         resources:
             gpu=GPU_PER_JOB,
-        conda:
-            "../../envs/aaclip.yaml"
-        wildcard_constraints:
-            dataset=re.escape(_train_dataset),
+        params:
+            evaluate=get_eval_settings(),
+            test_datasets=get_test_specs(_train_dataset),
         script:
             "../scripts/evaluate.py"

@@ -6,11 +6,11 @@ rule write_expected_runs:
         expected="results/stats/expected_runs.json",
     log:
         "results/logs/write_expected_runs/expected_runs.log",
-    params:
-        expected=get_expected_runs(),
     localrule: True
     conda:
         "../../envs/aaclip.yaml"
+    params:
+        expected=get_expected_runs(),
     script:
         "../scripts/write_expected_runs.py"
 
@@ -46,11 +46,11 @@ rule collect_benchmarks:
         ),
     log:
         "results/logs/collect_benchmarks/benchmarks.log",
-    params:
-        records=get_benchmark_records(),
     localrule: True
     conda:
         "../../envs/aaclip.yaml"
+    params:
+        records=get_benchmark_records(),
     script:
         "../scripts/collect_benchmarks.py"
 
@@ -67,11 +67,11 @@ rule stats:
         ),
     log:
         "results/logs/stats/comparisons.log",
-    params:
-        stats=config["stats"],
     localrule: True
     conda:
         "../../envs/aaclip.yaml"
+    params:
+        stats=config["stats"],
     script:
         "../scripts/stats.py"
 
@@ -93,10 +93,10 @@ rule checklist:
         ),
     log:
         "results/logs/checklist/checklist.log",
-    params:
-        stats=config["stats"],
     localrule: True
     conda:
         "../../envs/aaclip.yaml"
+    params:
+        stats=config["stats"],
     script:
         "../scripts/checklist.py"

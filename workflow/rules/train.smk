@@ -29,16 +29,15 @@ if SEED_BATCH == 1:
             "results/logs/train_baseline/{dataset}/{shotdir}/seed{seed}.log",
         benchmark:
             "results/benchmarks/train_baseline/{dataset}/{shotdir}/seed{seed}/baseline.tsv"
-        params:
-            train=get_train_settings(),
+        conda:
+            "../../envs/aaclip.yaml"
         threads: 1
         resources:
             gpu=GPU_PER_JOB,
-        conda:
-            "../../envs/aaclip.yaml"
+        params:
+            train=get_train_settings(),
         script:
             "../scripts/train_baseline.py"
-
 
     rule train_xattn_from_base:
         input:
@@ -55,23 +54,26 @@ if SEED_BATCH == 1:
                 caption="../report/train_log.rst",
                 category="Training",
                 subcategory="{dataset}",
-                labels={"shot": "{shotdir}", "seed": "{seed}", "arm": "xattn_from_base"},
+                labels={
+                    "shot": "{shotdir}",
+                    "seed": "{seed}",
+                    "arm": "xattn_from_base",
+                },
             ),
             train_text_log="results/runs/{dataset}/{shotdir}/seed{seed}/xattn_from_base/train.log",
         log:
             "results/logs/train_xattn_from_base/{dataset}/{shotdir}/seed{seed}.log",
         benchmark:
             "results/benchmarks/train_xattn_from_base/{dataset}/{shotdir}/seed{seed}/xattn_from_base.tsv"
-        params:
-            train=get_train_settings(),
+        conda:
+            "../../envs/aaclip.yaml"
         threads: 1
         resources:
             gpu=GPU_PER_JOB,
-        conda:
-            "../../envs/aaclip.yaml"
+        params:
+            train=get_train_settings(),
         script:
             "../scripts/train_xattn_from_base.py"
-
 
     rule train_baseline_continued:
         input:
@@ -88,23 +90,26 @@ if SEED_BATCH == 1:
                 caption="../report/train_log.rst",
                 category="Training",
                 subcategory="{dataset}",
-                labels={"shot": "{shotdir}", "seed": "{seed}", "arm": "baseline_continued"},
+                labels={
+                    "shot": "{shotdir}",
+                    "seed": "{seed}",
+                    "arm": "baseline_continued",
+                },
             ),
             train_text_log="results/runs/{dataset}/{shotdir}/seed{seed}/baseline_continued/train.log",
         log:
             "results/logs/train_baseline_continued/{dataset}/{shotdir}/seed{seed}.log",
         benchmark:
             "results/benchmarks/train_baseline_continued/{dataset}/{shotdir}/seed{seed}/baseline_continued.tsv"
-        params:
-            train=get_train_settings(),
+        conda:
+            "../../envs/aaclip.yaml"
         threads: 1
         resources:
             gpu=GPU_PER_JOB,
-        conda:
-            "../../envs/aaclip.yaml"
+        params:
+            train=get_train_settings(),
         script:
             "../scripts/train_baseline_continued.py"
-
 
     rule train_xattn_scratch:
         input:
@@ -125,13 +130,13 @@ if SEED_BATCH == 1:
             "results/logs/train_xattn_scratch/{dataset}/{shotdir}/seed{seed}.log",
         benchmark:
             "results/benchmarks/train_xattn_scratch/{dataset}/{shotdir}/seed{seed}/xattn_scratch.tsv"
-        params:
-            train=get_train_settings(),
+        conda:
+            "../../envs/aaclip.yaml"
         threads: 1
         resources:
             gpu=GPU_PER_JOB,
-        conda:
-            "../../envs/aaclip.yaml"
+        params:
+            train=get_train_settings(),
         script:
             "../scripts/train_xattn_scratch.py"
 
@@ -157,23 +162,29 @@ else:
                             caption="../report/train_log.rst",
                             category="Training",
                             subcategory="{dataset}",
-                            labels={"shot": "{shotdir}", "seed": str(seed), "arm": _arm},
+                            labels={
+                                "shot": "{shotdir}",
+                                "seed": str(seed),
+                                "arm": _arm,
+                            },
                         )
-                        for seed, path in zip(_seeds, get_group_outputs(_arm, _seeds, "train_log.csv"))
+                        for seed, path in zip(
+                            _seeds, get_group_outputs(_arm, _seeds, "train_log.csv")
+                        )
                     ],
                     train_text_log=get_group_outputs(_arm, _seeds, "train.log"),
                 log:
                     f"results/logs/train_group_{_arm}/{{dataset}}/{{shotdir}}/{_group}.log",
                 benchmark:
                     f"results/benchmarks/train_group_{_arm}/{{dataset}}/{{shotdir}}/{_group}.tsv"
+                conda:
+                    "../../envs/aaclip.yaml"
+                threads: 1
+                resources:
+                    gpu=GPU_PER_JOB,
                 params:
                     train=get_train_settings(),
                     arm=_arm,
                     seeds=_seeds,
-                threads: 1
-                resources:
-                    gpu=GPU_PER_JOB,
-                conda:
-                    "../../envs/aaclip.yaml"
                 script:
                     "../scripts/train_seed_group.py"

@@ -117,13 +117,16 @@ def test_paper_config_with_real_paths_plans_both_directions_and_modes(workdir, t
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = job_counts(output)
-    runs = 6 * (3 + 1)  # seeds x (three shots + full), per training dataset and arm
+    # seeds x shot folders per training dataset and arm: visa 2/16/64 + full, mvtec 2/16 + full
+    visa_runs, mvtec_runs = 6 * (3 + 1), 6 * (2 + 1)
     assert counts["check_dataset"] == 2
-    assert counts["fewshot_split"] == 2 * runs
-    assert all(counts[rule] == 2 * runs for rule in TRAIN_RULES)
-    assert counts["evaluate_visa"] == counts["evaluate_mvtec"] == 4 * runs
+    assert counts["fewshot_split"] == visa_runs + mvtec_runs
+    assert all(counts[rule] == visa_runs + mvtec_runs for rule in TRAIN_RULES)
+    assert counts["evaluate_visa"] == 4 * visa_runs and counts["evaluate_mvtec"] == 4 * mvtec_runs
     assert "results/splits/visa/full/seed111.json" in output
-    assert "results/eval/mvtec/shot64/seed116/xattn_from_base/visa.csv" in output
+    assert "results/eval/visa/shot64/seed116/xattn_from_base/mvtec.csv" in output
+    assert "results/eval/mvtec/shot16/seed116/xattn_from_base/visa.csv" in output
+    assert "results/splits/mvtec/shot64/" not in output
 
 
 def test_inconsistent_config_fails_naming_the_key(workdir, tmp_path):

@@ -63,8 +63,12 @@ def _config_problems(cfg):
         problems.append(
             "study.arms: xattn_from_base and baseline_continued start from `baseline`; list it too"
         )
-    if "few_shot" in study["training_mode"] and not study["shots"]:
-        problems.append("study.shots: few_shot training needs at least one shot")
+    if "few_shot" in study["training_mode"]:
+        for i, entry in enumerate(study["train_datasets"]):
+            if not entry.get("shots", study["shots"]):
+                problems.append(
+                    f"study.train_datasets[{i}].shots / study.shots: few_shot training needs at least one shot"
+                )
     for i, pair in enumerate(cfg["stats"]["comparisons"]):
         for arm in pair:
             if arm not in arms:
@@ -86,12 +90,20 @@ REAL = [name for name, d in DATASETS.items() if "root" in d]
 TEST_DATASETS = {
     entry["name"]: entry["test_datasets"] for entry in config["study"]["train_datasets"]
 }
-SHOTDIRS = [
-    f"shot{k}"
-    for k in config["study"]["shots"]
-    if "few_shot" in config["study"]["training_mode"]
-]
-SHOTDIRS += ["full"] if "full_shot" in config["study"]["training_mode"] else []
+
+
+def _shotdirs(entry):
+    """Return the shot folders (`shot<k>`, `full`) of one `study.train_datasets` entry."""
+    modes = config["study"]["training_mode"]
+    shots = entry.get("shots", config["study"]["shots"]) if "few_shot" in modes else []
+    return [f"shot{k}" for k in shots] + (["full"] if "full_shot" in modes else [])
+
+
+# Shot folders per training dataset (`shots` of an entry overrides `study.shots`), and their union.
+SHOTDIRS_OF = {
+    entry["name"]: _shotdirs(entry) for entry in config["study"]["train_datasets"]
+}
+SHOTDIRS = sorted({sd for dirs in SHOTDIRS_OF.values() for sd in dirs})
 SEEDS = config["study"]["seeds"]
 ARMS = config["study"]["arms"]
 # compute.seed_batch > 1: the seeds of an arm train in groups of this many, one job per group
@@ -250,7 +262,7 @@ def get_group_outputs(arm, seeds, name):
 def _study_keys():
     """Yield (train_dataset, shotdir, seed, arm) for every planned run."""
     for train_dataset in TEST_DATASETS:
-        for shotdir in SHOTDIRS:
+        for shotdir in SHOTDIRS_OF[train_dataset]:
             for seed in SEEDS:
                 for arm in ARMS:
                     yield train_dataset, shotdir, seed, arm
@@ -297,7 +309,7 @@ def get_splits():
     return [
         f"{RESULTS}/splits/{ds}/{sd}/seed{s}.json"
         for ds in TEST_DATASETS
-        for sd in SHOTDIRS
+        for sd in SHOTDIRS_OF[ds]
         for s in SEEDS
     ]
 
@@ -331,7 +343,7 @@ def get_benchmark_records():
     if SEED_BATCH > 1:
         # One training benchmark per seed group; its `seed` column names the group (`0-1-2`).
         for ds in TEST_DATASETS:
-            for sd in SHOTDIRS:
+            for sd in SHOTDIRS_OF[ds]:
                 for arm in ARMS:
                     for seeds in SEED_GROUPS:
                         group = seed_group_id(seeds)

@@ -46,6 +46,10 @@ def test_make_synthetic_then_summarize(tmp_path, capsys):
     assert lines[2].split() == ["brick", "test", "good", "3", "0", "0"]
     assert lines[3].split() == ["brick", "test", "hole", "0", "1", "1"]
     assert lines[-1].split() == ["total", "2", "categories", "6", "4", "4"]
+    assert cli.main(["summarize", str(out), "--layout", "mvtec", "--split", "all"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["brick", "train", "good", "2", "0", "0"] in rows
+    assert rows[-1] == ["total", "2", "categories", "10", "4", "4"]
 
 
 def test_preset_with_override(tmp_path):

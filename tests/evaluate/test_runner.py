@@ -306,3 +306,33 @@ def test_test_list_sha256_ignores_order_and_mount_point(samples, eval_dataset_ro
     shutil.copytree(eval_dataset_root, moved)
     assert compute_test_list_sha256(read_dataset(moved, "mvtec"), moved) == digest
     assert compute_test_list_sha256(samples[1:], eval_dataset_root) != digest
+
+
+def test_evaluated_checkpoint_epoch_k_is_kept_by_training_and_read_by_the_evaluator(
+    small_manifest_factory, eval_dataset_root, tmp_path
+):
+    from aaclip_xattn.data import DatasetSpec
+    from aaclip_xattn.train import TrainConfig, run_training
+
+    cfg = TrainConfig(
+        backbone="tiny",
+        image_size=64,
+        text_epoch=1,
+        image_epoch=2,
+        text_batch_size=4,
+        image_batch_size=2,
+        device="cpu",
+        seed=0,
+        save_every_epoch=True,
+        evaluated_checkpoint="epoch1",
+    )
+    run_dir = tmp_path / "run"
+    run_training(cfg, run_dir=run_dir, manifest_path=small_manifest_factory(0), arm="baseline")
+    kept = [run_dir / f"image_adapter_{k}.pth" for k in (1, 2)]
+    assert all(p.is_file() for p in kept)
+    assert sha256_file(kept[1]) != sha256_file(kept[0])
+    spec = DatasetSpec(name="synth", layout="mvtec", root=eval_dataset_root)
+    evaluate_run(run_dir, [spec], tmp_path / "eval", EvalConfig(batch_size=4))
+    sidecar = read_json(tmp_path / "eval" / "synth.json")
+    assert sidecar["checkpoint"]["sha256"] == sha256_file(kept[0])
+    assert sidecar["checkpoint"]["epoch"] == 1

@@ -233,3 +233,44 @@ def test_seed_batched_training_writes_every_seeds_run_files(tmp_path):
         assert bench.stat().st_size > 0
     again = snakemake(workdir, "--resources", "gpu=1", "--cores", "all", *targets)
     assert "Nothing to be done" in again
+
+
+def test_killed_training_job_resumes_to_the_same_weights(tmp_path):
+    """Kill Snakemake (SIGKILL) during a training job's stage 2; unlock and rerun; the run resumes
+    from its last completed epoch and ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    target = "results/runs/synth_train/shot8/seed0/baseline/run.json"
+    cfg = reduced_config([0])
+    cfg["train"]["image_epoch"] = 4
+    dirs = {}
+    for name in ("killed", "clean"):
+        dirs[name] = copy_workflow(tmp_path / name)
+        (dirs[name] / "config" / "test.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(dirs["clean"], "--cores", "1", target)
+
+    workdir = dirs["killed"]
+    command = [sys.executable, "-m", "snakemake", "--configfile", "config/test.yaml", "--cores", "1", target]
+    resume = workdir / "results/runs/synth_train/shot8/seed0/baseline/.resume/image.pth"
+    process = subprocess.Popen(
+        command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not resume.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert resume.exists(), "stage 2 never wrote its first epoch's resume state"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (workdir / target).exists()
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "--cores", "1", target)
+    resumed = json.loads((workdir / target).read_text())
+    clean = json.loads((dirs["clean"] / target).read_text())
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["image"] >= 1
+    assert resumed["final_fingerprints"] == clean["final_fingerprints"]
+    assert resumed["epoch_losses"] == clean["epoch_losses"]

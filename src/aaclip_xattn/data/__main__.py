@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     summ = sub.add_parser("summarize", help="count images per category, split and defect type")
     summ.add_argument("root", help="dataset root (jsonl: the .jsonl file or its folder)")
     summ.add_argument("--layout", required=True, choices=list_layouts(), help="dataset layout")
-    summ.add_argument("--split", default="test", choices=SPLITS, help="split to read (default test)")
+    summ.add_argument(
+        "--split",
+        default="test",
+        choices=[*SPLITS, "all"],
+        help="split to read (default test, the split AA-CLIP trains and evaluates on; all = every split)",
+    )
     summ.add_argument("--categories", nargs="+", metavar="C", help="only these categories")
     return parser
 
@@ -118,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, root in make_default_datasets(args.out_root, overwrite=args.overwrite).items():
                 print(f"wrote {name}: {root}")
         else:
-            samples = read_dataset(args.root, args.layout, split=args.split, categories=args.categories)
+            splits = SPLITS if args.split == "all" else (args.split,)
+            samples = [
+                sample
+                for split in splits
+                for sample in read_dataset(args.root, args.layout, split=split, categories=args.categories)
+            ]
             print(format_summary(summarize(samples)))
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

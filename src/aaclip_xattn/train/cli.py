@@ -50,7 +50,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        # Flags (nargs=0) explain themselves; a store_false flag's implicit True is not a default.
+        if "default" in text or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 
